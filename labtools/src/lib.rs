@@ -1,0 +1,2 @@
+//! Helpers for the lab and for tests that run on it.
+pub mod testlab;

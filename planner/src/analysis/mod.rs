@@ -50,18 +50,7 @@ pub fn analyse<I: IntoIterator<Item = TaggedSample>>(data: SessionData<I>) -> An
         ));
     }
 
-    // Every point's clock domain, as an index, to tell same-domain segments (no sync error) apart.
-    let mut domain_ids: HashMap<String, usize> = HashMap::new();
-    let domains: Vec<usize> = m
-        .points
-        .iter()
-        .map(|p| {
-            let next = domain_ids.len();
-            *domain_ids
-                .entry(topo.domain(p.host).to_string())
-                .or_insert(next)
-        })
-        .collect();
+    let domains = point_domains(&topo, &m.points);
     let health = observer_health(&data.observers, &m.per_observer);
     // What the observers lost at a segment's two ends: per-layer kernel drops and rate limiting,
     // plus each involved observer's user-space drops and stream gaps, each counted once.
@@ -104,6 +93,7 @@ pub fn analyse<I: IntoIterator<Item = TaggedSample>>(data: SessionData<I>) -> An
             flow_obs,
             topo.owner_of(key.src()),
             topo.owner_of(key.dst()),
+            &mut |_, _, _, _| {},
         );
         off_path += acc.off_path_hosts;
         totals.sampled_bytes += acc.sampled_bytes;
@@ -174,6 +164,103 @@ pub fn analyse<I: IntoIterator<Item = TaggedSample>>(data: SessionData<I>) -> An
             .collect(),
         warnings,
     }
+}
+
+/// Every point's clock domain, as an index, to tell same-domain segments (no sync error) apart.
+fn point_domains(topo: &Topology, points: &[Point]) -> Vec<usize> {
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    points
+        .iter()
+        .map(|p| {
+            let next = ids.len();
+            *ids.entry(topo.domain(p.host).to_string()).or_insert(next)
+        })
+        .collect()
+}
+
+/// Per-byte values of the segments `keep` selects (for comparison with ground truth).
+#[derive(Debug, Clone, Default)]
+pub struct SegmentValues {
+    /// Segment names and kinds; [`ByteValue::segment`] indexes this.
+    pub segments: Vec<(String, SegmentKind)>,
+    pub values: Vec<ByteValue>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ByteValue {
+    pub flow: FlowKey,
+    /// The sampled byte's offset (its TCP sequence number is the low 32 bits).
+    pub offset: u64,
+    pub segment: u32,
+    pub value_ns: i64,
+    /// A first transmission's value (see [`SegmentReport::latency`]).
+    pub first: bool,
+}
+
+impl SegmentValues {
+    /// (flow, offset, value) of one segment's first-transmission values.
+    pub fn of<'a>(&'a self, name: &str) -> impl Iterator<Item = (FlowKey, u64, i64)> + 'a {
+        let id = self
+            .segments
+            .iter()
+            .position(|(n, _)| n == name)
+            .map(|i| i as u32);
+        self.values
+            .iter()
+            .filter(move |v| Some(v.segment) == id && v.first)
+            .map(|v| (v.flow, v.offset, v.value_ns))
+    }
+}
+
+/// The per-byte values behind [`analyse`]'s distributions, for the segments `keep` selects.
+pub fn segment_values<I: IntoIterator<Item = TaggedSample>>(
+    data: SessionData<I>,
+    keep: impl Fn(SegmentKind, &str) -> bool,
+) -> SegmentValues {
+    let mut topo = Topology::new(&data.hosts);
+    let m = match_samples(&mut topo, &data.observers, &data.fits, data.samples);
+    let domains = point_domains(&topo, &m.points);
+    let mut out = SegmentValues::default();
+    for flow_obs in runs(&m.obs, |o| o.flow) {
+        let key = m.flows[flow_obs[0].flow as usize];
+        let (src, dst) = (topo.owner_of(key.src()), topo.owner_of(key.dst()));
+        let mut raw: Vec<(usize, u64, i64, bool)> = Vec::new();
+        let acc = analyse_flow(
+            &topo,
+            &m.points,
+            &domains,
+            flow_obs,
+            src,
+            dst,
+            &mut |si, off, v, first| raw.push((si, off, v, first)),
+        );
+        let ids: Vec<Option<u32>> = acc
+            .segments
+            .iter()
+            .map(|s| {
+                keep(s.kind, &s.name).then(|| {
+                    match out.segments.iter().position(|(n, _)| *n == s.name) {
+                        Some(i) => i as u32,
+                        None => {
+                            out.segments.push((s.name.clone(), s.kind));
+                            out.segments.len() as u32 - 1
+                        }
+                    }
+                })
+            })
+            .collect();
+        out.values
+            .extend(raw.into_iter().filter_map(|(si, offset, value_ns, first)| {
+                ids[si].map(|segment| ByteValue {
+                    flow: key,
+                    offset,
+                    segment,
+                    value_ns,
+                    first,
+                })
+            }));
+    }
+    out
 }
 
 fn observer_health(observers: &[ObserverInfo], per_observer: &[u64]) -> Vec<ObserverHealth> {

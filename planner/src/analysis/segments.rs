@@ -137,6 +137,7 @@ pub fn analyse_flow(
     flow_obs: &[Obs],
     key_src: Option<usize>,
     key_dst: Option<usize>,
+    sink: &mut dyn FnMut(usize, u64, i64, bool),
 ) -> FlowAcc {
     // Pass 1: which points the flow has, when, and in which order they are typically reached.
     let mut agg: HashMap<u16, PointAgg> = HashMap::new();
@@ -348,11 +349,13 @@ pub fn analyse_flow(
                         SegmentKind::E2e => {
                             let (x, y) = (a[0].1, b[0].1);
                             seg.record(y.t - x.t, bound(x, y), !retrans, y.t);
+                            sink(si, x.offset, y.t - x.t, !retrans);
                         }
                         SegmentKind::Layer => {
                             // One host: the k-th pass of a layer belongs to the k-th transmission.
                             for (k, ((_, x), (_, y))) in a.iter().zip(b.iter()).enumerate() {
                                 seg.record(y.t - x.t, bound(x, y), k == 0, y.t);
+                                sink(si, x.offset, y.t - x.t, k == 0);
                             }
                         }
                         SegmentKind::Net | SegmentKind::Vhop => {
@@ -367,6 +370,7 @@ pub fn analyse_flow(
                                     .unwrap_or(0);
                                 let x = a[m].1;
                                 seg.record(y.t - x.t, eb(x), k == 0 && m == 0, y.t);
+                                sink(si, x.offset, y.t - x.t, k == 0 && m == 0);
                             }
                         }
                     }

@@ -247,8 +247,8 @@ impl Synth {
         let stagger = self.interval_ns / self.flows.max(1) as u64 * flow as u64;
         let t0 = (self.start_ns + b * self.interval_ns + stagger) as i64;
         let offset = 1_000_000 + b * self.sample_size;
-        let retrans = self.retransmit_every.is_some_and(|n| b % n == 0);
-        let lost = !retrans && self.lose_every.is_some_and(|n| b % n == 0);
+        let retrans = self.retransmit_every.is_some_and(|n| b.is_multiple_of(n));
+        let lost = !retrans && self.lose_every.is_some_and(|n| b.is_multiple_of(n));
         let mut emit = |k: usize, t: i64, flags: u8| {
             let p = &self.path[k];
             let s = &sources[k];

@@ -282,3 +282,15 @@ fn a_domain_without_fits_is_reported() {
     let d = a.clocks.iter().find(|c| c.domain == "metal2").unwrap();
     assert_eq!(d.max_error_bound_ns, None);
 }
+
+#[test]
+fn per_byte_values_match_the_distributions() {
+    let mut s = Synth::two_metals(700);
+    s.jitter_ns = 3_000;
+    let v = segment_values(s.session(), |k, _| k == SegmentKind::Net);
+    assert_eq!(v.segments.len(), 1);
+    let net: Vec<_> = v.of("net metal1:wan0→metal2:wan0").collect();
+    assert_eq!(net.len(), 1000);
+    assert!(net.iter().all(|(_, _, x)| (700 * US..703 * US).contains(x)));
+    assert_eq!(net[0].1, 1_000_000);
+}

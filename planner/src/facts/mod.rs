@@ -3,6 +3,9 @@
 //!
 //! The script prints one fact per line, `key<TAB>fields…`, so parsing needs no remote tools
 //! beyond POSIX sh, coreutils and (optionally) iproute2/bpftool.
+pub mod preflight;
+pub mod probe;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -14,6 +14,8 @@ pub struct SyntheticObserver {
     pub next_seq: u64,
     /// Distinct flows the records cycle through.
     pub flows: u16,
+    /// Reported as `records_dropped` in stats (what the observer's sink could not ship).
+    pub records_dropped: u64,
     ringbuf_full: u64,
 }
 
@@ -26,6 +28,7 @@ impl SyntheticObserver {
             started_ns,
             next_seq: 0,
             flows: 4,
+            records_dropped: 0,
             ringbuf_full: 0,
         }
     }
@@ -88,7 +91,7 @@ impl SyntheticObserver {
                 rate_limited: 0,
             }],
             records_sent: self.next_seq,
-            records_dropped: 0,
+            records_dropped: self.records_dropped,
             cpu_percent: 1.0,
         })
     }

@@ -59,15 +59,21 @@ pub enum SinkError {
     #[error("malformed Redis settings on stdin: {0}")]
     Config(String),
     #[error("failed to connect to Redis at {url}: {source}")]
-    Connect { url: String, source: redis::RedisError },
+    Connect {
+        url: String,
+        source: redis::RedisError,
+    },
 }
 
 impl RedisSinkConfig {
     /// Parses the line latplan writes to the observer's stdin.
     pub fn from_stdin_line(line: &str) -> Result<RedisSinkConfig, SinkError> {
-        let l: StdinLine = serde_json::from_str(line.trim()).map_err(|e| SinkError::Config(e.to_string()))?;
+        let l: StdinLine =
+            serde_json::from_str(line.trim()).map_err(|e| SinkError::Config(e.to_string()))?;
         if l.redis.maxlen == 0 || l.redis.stream_key.is_empty() {
-            return Err(SinkError::Config("maxlen and stream_key must be set".into()));
+            return Err(SinkError::Config(
+                "maxlen and stream_key must be set".into(),
+            ));
         }
         Ok(l.redis)
     }
@@ -75,12 +81,19 @@ impl RedisSinkConfig {
     fn client(&self) -> redis::RedisResult<redis::Client> {
         use redis::IntoConnectionInfo;
         let info = self.url.as_str().into_connection_info()?;
-        let settings = info.redis_settings().clone().set_username(&self.username).set_password(&self.password);
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_username(&self.username)
+            .set_password(&self.password);
         let info = info.set_redis_settings(settings);
         match &self.ca_pem {
             Some(ca) if self.url.starts_with("rediss://") => redis::Client::build_with_tls(
                 info,
-                redis::TlsCertificates { client_tls: None, root_cert: Some(ca.as_bytes().to_vec()) },
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.as_bytes().to_vec()),
+                },
             ),
             _ => redis::Client::open(info),
         }
@@ -94,6 +107,7 @@ struct Counters {
     frames_dropped: AtomicU64,
     records_dropped: AtomicU64,
     reconnects: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 /// Counters of the sink since it started.
@@ -105,6 +119,13 @@ pub struct SinkSnapshot {
     pub frames_dropped: u64,
     pub records_dropped: u64,
     pub reconnects: u64,
+}
+
+impl RedisSink {
+    /// The last error the writer thread met (for the observer's log and status), if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.counters.last_error.lock().ok()?.clone()
+    }
 }
 
 struct Item {
@@ -122,8 +143,16 @@ pub struct RedisSink {
 impl RedisSink {
     /// Connects (failing fast on a wrong address or credentials) and starts the writer thread.
     /// `boot_id` and `started_ns` are the run's, as in its Hello; `queue_frames` bounds memory.
-    pub fn start(cfg: RedisSinkConfig, boot_id: &str, started_ns: u64, queue_frames: usize) -> Result<RedisSink, SinkError> {
-        let connect_err = |source| SinkError::Connect { url: cfg.url.clone(), source };
+    pub fn start(
+        cfg: RedisSinkConfig,
+        boot_id: &str,
+        started_ns: u64,
+        queue_frames: usize,
+    ) -> Result<RedisSink, SinkError> {
+        let connect_err = |source| SinkError::Connect {
+            url: cfg.url.clone(),
+            source,
+        };
         let client = cfg.client().map_err(connect_err)?;
         let conn = open(&client).map_err(connect_err)?;
         let (tx, rx) = sync_channel(queue_frames.max(1));
@@ -141,7 +170,12 @@ impl RedisSink {
             .name("redis-sink".into())
             .spawn(move || w.run(rx))
             .expect("spawning a thread works");
-        Ok(RedisSink { tx: Some(tx), counters, thread: Some(thread), closing })
+        Ok(RedisSink {
+            tx: Some(tx),
+            counters,
+            thread: Some(thread),
+            closing,
+        })
     }
 
     /// Queues a frame; `false` if it was dropped (queue full), which is counted.
@@ -151,6 +185,36 @@ impl RedisSink {
             _ => 0,
         };
         self.send_encoded(frame.encode(), records)
+    }
+
+    /// Queues a frame, waiting up to `timeout` for room: for the few frames that must not be
+    /// lost to a momentary full queue (the final stats and bye at shutdown). Never use it on the
+    /// path that drains the kernel's ring buffer.
+    pub fn send_wait(&self, frame: &Frame, timeout: Duration) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        let records = match frame {
+            Frame::Samples { samples, .. } => samples.len() as u64,
+            _ => 0,
+        };
+        let deadline = Instant::now() + timeout;
+        let mut item = Item {
+            bytes: frame.encode(),
+            records,
+        };
+        loop {
+            match tx.try_send(item) {
+                Ok(()) => return true,
+                Err(TrySendError::Full(i)) if Instant::now() < deadline => {
+                    item = i;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.counters.frames_dropped.fetch_add(1, Relaxed);
+                    self.counters.records_dropped.fetch_add(records, Relaxed);
+                    return false;
+                }
+            }
+        }
     }
 
     /// Queues an already encoded frame holding `records` records.
@@ -205,7 +269,10 @@ fn snapshot(c: &Counters) -> SinkSnapshot {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn open(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
@@ -270,7 +337,10 @@ impl Worker {
                         return;
                     }
                 }
-                Err(_) => {
+                Err(e) => {
+                    if let Ok(mut l) = self.counters.last_error.lock() {
+                        *l = Some(e.to_string());
+                    }
                     self.conn = None;
                     let deadline = self.closing.load(Relaxed);
                     if deadline != 0 && now_ms() >= deadline {
@@ -318,7 +388,12 @@ impl Worker {
                 "frames_dropped": c.frames_dropped.load(Relaxed),
                 "records_dropped": c.records_dropped.load(Relaxed),
             });
-            p.cmd("SET").arg(&self.cfg.status_key).arg(status.to_string()).arg("EX").arg(self.cfg.status_ttl_secs.max(1)).ignore();
+            p.cmd("SET")
+                .arg(&self.cfg.status_key)
+                .arg(status.to_string())
+                .arg("EX")
+                .arg(self.cfg.status_ttl_secs.max(1))
+                .ignore();
         }
         p.query::<()>(conn)
     }

@@ -58,7 +58,9 @@ pub fn acl_user(session: &str, host: &str) -> String {
 pub fn check_name(what: &str, name: &str) -> Result<(), CollectError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -101,7 +103,8 @@ impl ObserverRedisConfig {
     /// The line to write to the observer's stdin (newline-terminated). It holds a secret:
     /// write it to the process' stdin only, never to a log.
     pub fn to_stdin_line(&self) -> String {
-        let mut s = serde_json::to_string(&serde_json::json!({ "redis": self })).expect("config serializes");
+        let mut s = serde_json::to_string(&serde_json::json!({ "redis": self }))
+            .expect("config serializes");
         s.push('\n');
         s
     }
@@ -126,26 +129,48 @@ impl RedisBus {
     /// Connects to `url` (`redis://[user@]host:port[/db]` or `rediss://…`), with the password from
     /// [`REDIS_PASSWORD_ENV`] or [`REDIS_PASSWORD_FILE_ENV`], and the CA from [`REDIS_CA_ENV`].
     pub async fn connect(url: &str) -> Result<RedisBus, CollectError> {
-        let password = match (std::env::var(REDIS_PASSWORD_ENV), std::env::var_os(REDIS_PASSWORD_FILE_ENV)) {
+        let password = match (
+            std::env::var(REDIS_PASSWORD_ENV),
+            std::env::var_os(REDIS_PASSWORD_FILE_ENV),
+        ) {
             (Ok(p), _) => Some(Secret::new(p)),
-            (_, Some(f)) => Some(read_password_file(std::path::Path::new(&f)).map_err(|e| CollectError::Redis(e.to_string()))?),
+            (_, Some(f)) => Some(
+                read_password_file(std::path::Path::new(&f))
+                    .map_err(|e| CollectError::Redis(e.to_string()))?,
+            ),
             _ => None,
         };
         let ca = match std::env::var_os(REDIS_CA_ENV) {
             Some(p) => Some(std::fs::read_to_string(&p).map_err(|e| {
-                CollectError::Redis(format!("failed to read the Redis CA file {}: {e}", std::path::Path::new(&p).display()))
+                CollectError::Redis(format!(
+                    "failed to read the Redis CA file {}: {e}",
+                    std::path::Path::new(&p).display()
+                ))
             })?),
             None => None,
         };
         RedisBus::connect_with(url, password, ca).await
     }
 
-    pub async fn connect_with(url: &str, password: Option<Secret>, ca_pem: Option<String>) -> Result<RedisBus, CollectError> {
+    pub async fn connect_with(
+        url: &str,
+        password: Option<Secret>,
+        ca_pem: Option<String>,
+    ) -> Result<RedisBus, CollectError> {
         let client = build_client(url, None, password.as_ref(), ca_pem.as_deref())?;
         let public_url = public_url(url)?;
-        let bus = RedisBus { client, public_url, ca_pem, users: Mutex::default(), conn: Mutex::default() };
+        let bus = RedisBus {
+            client,
+            public_url,
+            ca_pem,
+            users: Mutex::default(),
+            conn: Mutex::default(),
+        };
         let mut c = bus.conn().await?;
-        redis::cmd("PING").query_async::<()>(&mut c).await.map_err(redis_err("reach Redis"))?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(redis_err("reach Redis"))?;
         Ok(bus)
     }
 
@@ -170,13 +195,21 @@ impl RedisBus {
 
     /// Creates (or resets) the account of `host` in `session`, its stream and the collector's
     /// consumer group, and returns what the observer needs.
-    pub async fn provision(&self, session: &str, host: &str, maxlen: u64) -> Result<ObserverRedisConfig, CollectError> {
+    pub async fn provision(
+        &self,
+        session: &str,
+        host: &str,
+        maxlen: u64,
+    ) -> Result<ObserverRedisConfig, CollectError> {
         check_name("session", session)?;
         check_name("host", host)?;
         let user = acl_user(session, host);
         let password = Secret::new(random_hex(32)?);
         self.set_user(session, host, &user, &password).await?;
-        self.users.lock().await.insert(format!("{session}\n{host}"), (user.clone(), password.clone()));
+        self.users.lock().await.insert(
+            format!("{session}\n{host}"),
+            (user.clone(), password.clone()),
+        );
         self.ensure_group(&stream_key(session, host)).await?;
         Ok(ObserverRedisConfig {
             url: self.public_url.clone(),
@@ -190,7 +223,13 @@ impl RedisBus {
         })
     }
 
-    async fn set_user(&self, session: &str, host: &str, user: &str, password: &Secret) -> Result<(), CollectError> {
+    async fn set_user(
+        &self,
+        session: &str,
+        host: &str,
+        user: &str,
+        password: &Secret,
+    ) -> Result<(), CollectError> {
         let mut c = self.conn().await?;
         let pattern = format!("~latplan:{session}:{host}:*");
         let pass = format!(">{}", password.expose());
@@ -207,7 +246,6 @@ impl RedisBus {
             .arg("+set")
             .arg("+expire")
             .arg("+ping")
-            .arg("+client|setinfo")
             .query_async::<()>(&mut c)
             .await;
         if r.is_err() {
@@ -222,24 +260,38 @@ impl RedisBus {
     }
 
     /// Re-creates every account and group this bus provisioned (after a Redis restart lost them).
-    pub async fn reprovision(&self) -> Result<(), CollectError> {
-        let users: Vec<(String, String, Secret)> =
-            self.users.lock().await.iter().map(|(k, (u, p))| (k.clone(), u.clone(), p.clone())).collect();
+    pub async fn reprovision(&self) -> Result<usize, CollectError> {
+        let users: Vec<(String, String, Secret)> = self
+            .users
+            .lock()
+            .await
+            .iter()
+            .map(|(k, (u, p))| (k.clone(), u.clone(), p.clone()))
+            .collect();
+        let n = users.len();
         for (k, user, pw) in users {
             let (s, h) = k.split_once('\n').expect("key is session\\nhost");
             self.set_user(s, h, &user, &pw).await?;
             self.ensure_group(&stream_key(s, h)).await?;
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Deletes the account of `host` (teardown); its keys stay until [`Self::delete_keys`].
     pub async fn revoke(&self, session: &str, host: &str) -> Result<(), CollectError> {
         check_name("session", session)?;
         check_name("host", host)?;
-        self.users.lock().await.remove(&format!("{session}\n{host}"));
+        self.users
+            .lock()
+            .await
+            .remove(&format!("{session}\n{host}"));
         let mut c = self.conn().await?;
-        redis::cmd("ACL").arg("DELUSER").arg(acl_user(session, host)).query_async::<()>(&mut c).await.map_err(redis_err("delete an observer account"))
+        redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(acl_user(session, host))
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(redis_err("delete an observer account"))
     }
 
     /// Deletes the stream and status keys of `host` (after collection finished).
@@ -258,7 +310,11 @@ impl RedisBus {
     /// The observer's last heartbeat (JSON), or `None` if it expired or never came.
     pub async fn status(&self, session: &str, host: &str) -> Result<Option<String>, CollectError> {
         let mut c = self.conn().await?;
-        redis::cmd("GET").arg(status_key(session, host)).query_async(&mut c).await.map_err(redis_err("read a heartbeat"))
+        redis::cmd("GET")
+            .arg(status_key(session, host))
+            .query_async(&mut c)
+            .await
+            .map_err(redis_err("read a heartbeat"))
     }
 
     /// Entries not yet delivered to the collector plus entries delivered but not acknowledged,
@@ -274,10 +330,18 @@ impl RedisBus {
                 .await
                 .map_err(redis_err("read consumer group state"))?;
             for g in groups {
-                if g.get("name").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()).as_deref() != Some(GROUP) {
+                if g.get("name")
+                    .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                    .as_deref()
+                    != Some(GROUP)
+                {
                     continue;
                 }
-                let num = |k: &str| g.get(k).and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok()).unwrap_or(0);
+                let num = |k: &str| {
+                    g.get(k)
+                        .and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok())
+                        .unwrap_or(0)
+                };
                 total += num("pending") + num("lag");
             }
         }
@@ -288,7 +352,14 @@ impl RedisBus {
 async fn ensure_group(c: &mut MultiplexedConnection, key: &str) -> Result<(), CollectError> {
     // From id 0: a group re-created after a Redis restart must also read what observers wrote
     // between the restart and now.
-    let r: redis::RedisResult<()> = redis::cmd("XGROUP").arg("CREATE").arg(key).arg(GROUP).arg("0").arg("MKSTREAM").query_async(c).await;
+    let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(key)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(c)
+        .await;
     match r {
         Ok(()) => Ok(()),
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
@@ -296,9 +367,16 @@ async fn ensure_group(c: &mut MultiplexedConnection, key: &str) -> Result<(), Co
     }
 }
 
-fn build_client(url: &str, user: Option<&str>, password: Option<&Secret>, ca_pem: Option<&str>) -> Result<Client, CollectError> {
+fn build_client(
+    url: &str,
+    user: Option<&str>,
+    password: Option<&Secret>,
+    ca_pem: Option<&str>,
+) -> Result<Client, CollectError> {
     use redis::IntoConnectionInfo;
-    let mut info = url.into_connection_info().map_err(|e| CollectError::Redis(format!("invalid Redis URL {}: {e}", redact(url))))?;
+    let mut info = url
+        .into_connection_info()
+        .map_err(|e| CollectError::Redis(format!("invalid Redis URL {}: {e}", redact(url))))?;
     let mut redis_info = info.redis_settings().clone();
     if let Some(u) = user {
         redis_info = redis_info.set_username(u);
@@ -309,18 +387,28 @@ fn build_client(url: &str, user: Option<&str>, password: Option<&Secret>, ca_pem
     info = info.set_redis_settings(redis_info);
     match ca_pem {
         Some(ca) if url.starts_with("rediss://") => {
-            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.as_bytes().to_vec()) };
-            Client::build_with_tls(info, certs).map_err(|e| CollectError::Redis(format!("failed to set up TLS to Redis: {e}")))
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.as_bytes().to_vec()),
+            };
+            Client::build_with_tls(info, certs)
+                .map_err(|e| CollectError::Redis(format!("failed to set up TLS to Redis: {e}")))
         }
-        _ => Client::open(info).map_err(|e| CollectError::Redis(format!("invalid Redis URL {}: {e}", redact(url)))),
+        _ => Client::open(info)
+            .map_err(|e| CollectError::Redis(format!("invalid Redis URL {}: {e}", redact(url)))),
     }
 }
 
 /// The URL with any credentials removed (observers get their own).
 fn public_url(url: &str) -> Result<String, CollectError> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| CollectError::Redis(format!("invalid Redis URL {}", redact(url))))?;
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| CollectError::Redis(format!("invalid Redis URL {}", redact(url))))?;
     if scheme != "redis" && scheme != "rediss" {
-        return Err(CollectError::Redis(format!("Redis URL {} must start with redis:// or rediss://", redact(url))));
+        return Err(CollectError::Redis(format!(
+            "Redis URL {} must start with redis:// or rediss://",
+            redact(url)
+        )));
     }
     let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
     Ok(format!("{scheme}://{rest}"))
@@ -331,7 +419,10 @@ async fn connect(client: &Client) -> Result<MultiplexedConnection, CollectError>
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(3)))
         .set_response_timeout(Some(Duration::from_secs(10)));
-    client.get_multiplexed_async_connection_with_config(&cfg).await.map_err(redis_err("connect to Redis"))
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .map_err(redis_err("connect to Redis"))
 }
 
 fn random_hex(bytes: usize) -> Result<String, CollectError> {
@@ -339,7 +430,9 @@ fn random_hex(bytes: usize) -> Result<String, CollectError> {
     let mut buf = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| CollectError::Redis(format!("failed to read random bytes for a password: {e}")))?;
+        .map_err(|e| {
+            CollectError::Redis(format!("failed to read random bytes for a password: {e}"))
+        })?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -373,17 +466,30 @@ impl RedisSource {
         let mut keys = Vec::new();
         for h in hosts {
             check_name("host", h)?;
-            keys.push((Arc::<str>::from(stream_key(session, h)), Arc::<str>::from(h.as_str())));
+            keys.push((
+                Arc::<str>::from(stream_key(session, h)),
+                Arc::<str>::from(h.as_str()),
+            ));
         }
-        let acks = collector
-            .take_acks()
-            .await
-            .ok_or_else(|| CollectError::Redis("this collector already has a Redis source".into()))?;
+        let acks = collector.take_acks().await.ok_or_else(|| {
+            CollectError::Redis("this collector already has a Redis source".into())
+        })?;
         let (stop, stop_rx) = watch::channel(false);
         let tx = collector.sender()?;
-        let reader = tokio::spawn(read_loop(bus.clone(), keys, consumer.to_string(), tx, stop_rx));
+        let reader = tokio::spawn(read_loop(
+            bus.clone(),
+            keys,
+            consumer.to_string(),
+            tx,
+            stop_rx,
+        ));
         let acker = tokio::spawn(ack_loop(bus, acks));
-        Ok(RedisSource { stop, reader: Some(reader), acker, summary: RedisSourceSummary::default() })
+        Ok(RedisSource {
+            stop,
+            reader: Some(reader),
+            acker,
+            summary: RedisSourceSummary::default(),
+        })
     }
 
     /// Stops reading (entries still in Redis stay there, unacknowledged or unread).
@@ -398,7 +504,10 @@ impl RedisSource {
     /// Waits for the last acknowledgements; call after [`Collector::finish`].
     pub async fn finish(mut self) -> Result<RedisSourceSummary, CollectError> {
         self.stop_reading().await?;
-        self.summary.acked = self.acker.await.map_err(|e| CollectError::Join(e.to_string()))?;
+        self.summary.acked = self
+            .acker
+            .await
+            .map_err(|e| CollectError::Join(e.to_string()))?;
         Ok(self.summary)
     }
 }
@@ -443,7 +552,11 @@ async fn read_loop(
             },
         };
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(GROUP).arg(&consumer).arg("COUNT").arg(256);
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&consumer)
+            .arg("COUNT")
+            .arg(256);
         if history.is_none() {
             cmd.arg("BLOCK").arg(500);
         }
@@ -473,7 +586,12 @@ async fn read_loop(
         };
         let mut got = 0usize;
         for sk in reply.map(|r| r.keys).unwrap_or_default() {
-            let Some((key, host)) = host_of.get_key_value(sk.key.as_str()).map(|(k, h)| (k.clone(), h.clone())) else { continue };
+            let Some((key, host)) = host_of
+                .get_key_value(sk.key.as_str())
+                .map(|(k, h)| (k.clone(), h.clone()))
+            else {
+                continue;
+            };
             for entry in sk.ids {
                 got += 1;
                 sum.entries += 1;
@@ -494,27 +612,47 @@ async fn read_loop(
     }
 }
 
-async fn reconnect(bus: &RedisBus, keys: &[(Arc<str>, Arc<str>)]) -> Result<MultiplexedConnection, CollectError> {
+async fn reconnect(
+    bus: &RedisBus,
+    keys: &[(Arc<str>, Arc<str>)],
+) -> Result<MultiplexedConnection, CollectError> {
     let mut c = connect(bus.client()).await?;
-    redis::cmd("PING").query_async::<()>(&mut c).await.map_err(redis_err("reach Redis"))?;
+    redis::cmd("PING")
+        .query_async::<()>(&mut c)
+        .await
+        .map_err(redis_err("reach Redis"))?;
     // A restarted Redis has lost accounts, streams and groups: put them back before reading.
     bus.reset().await;
-    bus.reprovision().await?;
+    let n = bus.reprovision().await?;
     for (k, _) in keys {
         ensure_group(&mut c, k).await?;
     }
+    tracing::info!(
+        accounts = n,
+        "redis source: connected; observer accounts and consumer groups are in place"
+    );
     Ok(c)
 }
 
 fn entry_to_msg(key: &Arc<str>, host: &Arc<str>, entry: redis::streams::StreamId) -> Msg {
-    let ack = Some(Ack { stream: key.clone(), id: entry.id.clone() });
+    let ack = Some(Ack {
+        stream: key.clone(),
+        id: entry.id.clone(),
+    });
     let bytes = |v: Option<&Value>| match v {
         Some(Value::BulkString(b)) => Some(b.clone()),
         Some(Value::SimpleString(s)) => Some(s.clone().into_bytes()),
         _ => None,
     };
-    let run = bytes(entry.map.get("run")).and_then(|b| String::from_utf8(b).ok()).and_then(|s| RunTag::decode(&s));
-    let bad = |error: String| Msg::StreamError { host: host.clone(), error: format!("entry {}: {error}", entry.id), skipped_bytes: 0, ack: ack.clone() };
+    let run = bytes(entry.map.get("run"))
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| RunTag::decode(&s));
+    let bad = |error: String| Msg::StreamError {
+        host: host.clone(),
+        error: format!("entry {}: {error}", entry.id),
+        skipped_bytes: 0,
+        ack: ack.clone(),
+    };
     let Some(frame_bytes) = bytes(entry.map.get("f")) else {
         return bad("no frame field 'f'".into());
     };
@@ -522,9 +660,22 @@ fn entry_to_msg(key: &Arc<str>, host: &Arc<str>, entry: redis::streams::StreamId
         return bad("no valid run tag field 'run'".into());
     };
     match Frame::decode(&frame_bytes) {
-        Ok((frame, used)) if used == frame_bytes.len() => Msg::Frame { host: host.clone(), run: Some(run), frame, ack },
-        Ok((_, used)) => bad(format!("{} bytes after the frame", frame_bytes.len() - used)),
-        Err(e) => Msg::StreamError { host: host.clone(), error: format!("entry {}: {e}", entry.id), skipped_bytes: frame_bytes.len() as u64, ack },
+        Ok((frame, used)) if used == frame_bytes.len() => Msg::Frame {
+            host: host.clone(),
+            run: Some(run),
+            frame,
+            ack,
+        },
+        Ok((_, used)) => bad(format!(
+            "{} bytes after the frame",
+            frame_bytes.len() - used
+        )),
+        Err(e) => Msg::StreamError {
+            host: host.clone(),
+            error: format!("entry {}: {e}", entry.id),
+            skipped_bytes: frame_bytes.len() as u64,
+            ack,
+        },
     }
 }
 
@@ -547,7 +698,12 @@ async fn ack_loop(bus: Arc<RedisBus>, mut rx: mpsc::UnboundedReceiver<Vec<Ack>>)
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     continue;
                 };
-                let r: redis::RedisResult<u64> = redis::cmd("XACK").arg(&*stream).arg(GROUP).arg(&ids).query_async(c).await;
+                let r: redis::RedisResult<u64> = redis::cmd("XACK")
+                    .arg(&*stream)
+                    .arg(GROUP)
+                    .arg(&ids)
+                    .query_async(c)
+                    .await;
                 match r {
                     Ok(n) => {
                         acked += n;
@@ -555,7 +711,11 @@ async fn ack_loop(bus: Arc<RedisBus>, mut rx: mpsc::UnboundedReceiver<Vec<Ack>>)
                     }
                     Err(e) if e.code() == Some("NOGROUP") => break,
                     Err(e) => {
-                        tracing::warn!(attempt, "redis source: acknowledging {} entries failed: {e}", ids.len());
+                        tracing::warn!(
+                            attempt,
+                            "redis source: acknowledging {} entries failed: {e}",
+                            ids.len()
+                        );
                         conn = None;
                         tokio::time::sleep(Duration::from_millis(250)).await;
                     }
@@ -580,7 +740,10 @@ mod tests {
 
     #[test]
     fn public_urls_carry_no_credentials() {
-        assert_eq!(public_url("redis://u:p@127.0.0.1:6379/0").unwrap(), "redis://127.0.0.1:6379/0");
+        assert_eq!(
+            public_url("redis://u:p@127.0.0.1:6379/0").unwrap(),
+            "redis://127.0.0.1:6379/0"
+        );
         assert_eq!(public_url("rediss://h:6380").unwrap(), "rediss://h:6380");
         assert!(public_url("http://h").is_err());
     }

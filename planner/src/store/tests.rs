@@ -56,14 +56,23 @@ async fn sessions_hosts_and_runs_are_idempotent() {
         ..Default::default()
     };
     let hid = st.upsert_host(s, &h).await.unwrap();
-    let (hid2, run) = st.register_run(s, &hello("metal1", 5), false).await.unwrap();
+    let (hid2, run) = st
+        .register_run(s, &hello("metal1", 5), false)
+        .await
+        .unwrap();
     assert_eq!(hid, hid2);
     assert_eq!(
-        st.register_run(s, &hello("metal1", 5), false).await.unwrap().1,
+        st.register_run(s, &hello("metal1", 5), false)
+            .await
+            .unwrap()
+            .1,
         run
     );
     // An observer restart is a new run of the same host.
-    let (_, run2) = st.register_run(s, &hello("metal1", 9), false).await.unwrap();
+    let (_, run2) = st
+        .register_run(s, &hello("metal1", 9), false)
+        .await
+        .unwrap();
     assert_ne!(run, run2);
     // A host first seen in a stream is created as unknown.
     let (vm, _) = st.register_run(s, &hello("vm1", 1), false).await.unwrap();
@@ -96,12 +105,18 @@ async fn batches_are_stored_once_and_read_back_in_order() {
         .map(|i| (run, i, sample(i, (i % 3) as u16)))
         .collect();
     let o = st.write_batch(&b).await.unwrap();
-    assert_eq!((o.inserted, o.duplicates, o.per_run[&run]), (6000, 0, (6000, 0)));
+    assert_eq!(
+        (o.inserted, o.duplicates, o.per_run[&run]),
+        (6000, 0, (6000, 0))
+    );
     // The same batch again, overlapping a new one: only the new records count.
     b.samples
         .extend((6000..6100).map(|i| (run, i, sample(i, 0))));
     let o = st.write_batch(&b).await.unwrap();
-    assert_eq!((o.inserted, o.duplicates, o.per_run[&run]), (100, 6000, (100, 6000)));
+    assert_eq!(
+        (o.inserted, o.duplicates, o.per_run[&run]),
+        (100, 6000, (100, 6000))
+    );
     assert_eq!(st.count_samples(s).await.unwrap(), 6100);
     assert_eq!(st.flows(s).await.unwrap().len(), 3);
 

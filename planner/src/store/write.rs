@@ -106,7 +106,12 @@ impl Store {
     ///
     /// `placeholder` marks a Hello reconstructed from a run tag (the real one was lost): it
     /// creates the run if missing but never overwrites what a real Hello stored.
-    pub async fn register_run(&self, session: SessionId, hello: &Hello, placeholder: bool) -> Result<(HostId, RunId)> {
+    pub async fn register_run(
+        &self,
+        session: SessionId,
+        hello: &Hello,
+        placeholder: bool,
+    ) -> Result<(HostId, RunId)> {
         let ins_host = format!(
             "{} INTO hosts (session_id, name, kind, boot_id) VALUES (?, ?, 'unknown', ?)",
             self.insert_ignore()
@@ -303,7 +308,8 @@ impl Store {
                      FROM samples WHERE run_id = ?) t WHERE next_seq > record_seq + 1 ORDER BY record_seq";
         let bounds = "SELECT MIN(record_seq), MAX(record_seq) FROM samples WHERE run_id = ?";
         let sent = "SELECT MAX(records_sent) FROM observer_stats WHERE run_id = ?";
-        let (pairs, (lo, hi), sent): (Vec<(i64, i64)>, (Option<i64>, Option<i64>), Option<i64>) = on_pool!(self, p => {
+        type Scan = (Vec<(i64, i64)>, (Option<i64>, Option<i64>), Option<i64>);
+        let (pairs, (lo, hi), sent): Scan = on_pool!(self, p => {
             let pairs = sqlx::query_as(holes).bind(run.id).fetch_all(p).await.map_err(q("scan for gaps"))?;
             let b = sqlx::query_as(bounds).bind(run.id).fetch_one(p).await.map_err(q("scan for gaps"))?;
             let s = sqlx::query_scalar(sent).bind(run.id).fetch_one(p).await.map_err(q("scan for gaps"))?;

@@ -9,8 +9,15 @@ use super::*;
 
 async fn observer_conn(cfg: &ObserverRedisConfig) -> redis::aio::MultiplexedConnection {
     let mut url = cfg.url.clone();
-    url.insert_str("redis://".len(), &format!("{}:{}@", cfg.username, cfg.password));
-    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+    url.insert_str(
+        "redis://".len(),
+        &format!("{}:{}@", cfg.username, cfg.password),
+    );
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
 
 /// Three observers through their sinks and Redis into MariaDB: counts equal, nothing missing.
@@ -26,18 +33,39 @@ async fn observers_through_redis_into_mariadb_store_every_record() {
     for (i, h) in hosts.iter().enumerate() {
         bus.delete_keys(session, h).await.unwrap();
         let cfg = bus.provision(session, h, DEFAULT_MAXLEN).await.unwrap();
-        observers.push((h.clone(), spawn_observer(&cfg, SyntheticObserver::new(session, h, i as u64 + 1), 300, 200, Duration::from_millis(2))));
+        observers.push((
+            h.clone(),
+            spawn_observer(
+                &cfg,
+                SyntheticObserver::new(session, h, i as u64 + 1),
+                300,
+                200,
+                Duration::from_millis(2),
+            ),
+        ));
     }
     let c = Collector::start(store.clone(), s, CollectorConfig::default());
-    let mut src = RedisSource::start(&c, bus.clone(), session, &hosts, "collector-1").await.unwrap();
+    let mut src = RedisSource::start(&c, bus.clone(), session, &hosts, "collector-1")
+        .await
+        .unwrap();
     let mut generated = Vec::new();
     for (h, o) in observers {
-        let (n, sink) = o.handle.join().unwrap();
-        assert_eq!((sink.records_sent, sink.records_dropped), (n, 0), "{h}: {sink:?}");
+        let (n, sink) = tokio::task::spawn_blocking(move || o.handle.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            (sink.records_sent, sink.records_dropped),
+            (n, 0),
+            "{h}: {sink:?}"
+        );
         generated.push((h, n));
     }
     // Heartbeats are there, with a TTL.
-    let hb = bus.status(session, &hosts[0]).await.unwrap().expect("a heartbeat");
+    let hb = bus
+        .status(session, &hosts[0])
+        .await
+        .unwrap()
+        .expect("a heartbeat");
     assert!(hb.contains("records_sent"), "{hb}");
     wait_drained(&bus, session, &hosts, Duration::from_secs(60)).await;
     src.stop_reading().await.unwrap();
@@ -65,33 +93,70 @@ async fn an_observer_account_is_confined_to_its_own_keys() {
     let mine = bus.provision(session, "a", 1000).await.unwrap();
     let _other = bus.provision(session, "b", 1000).await.unwrap();
     let mut c = observer_conn(&mine).await;
-    let ok: redis::RedisResult<String> = redis::cmd("XADD").arg(stream_key(session, "a")).arg("*").arg("f").arg("x").query_async(&mut c).await;
+    let ok: redis::RedisResult<String> = redis::cmd("XADD")
+        .arg(stream_key(session, "a"))
+        .arg("*")
+        .arg("f")
+        .arg("x")
+        .query_async(&mut c)
+        .await;
     assert!(ok.is_ok(), "{ok:?}");
-    let ok: redis::RedisResult<()> = redis::cmd("SET").arg(status_key(session, "a")).arg("{}").arg("EX").arg(5).query_async(&mut c).await;
+    let ok: redis::RedisResult<()> = redis::cmd("SET")
+        .arg(status_key(session, "a"))
+        .arg("{}")
+        .arg("EX")
+        .arg(5)
+        .query_async(&mut c)
+        .await;
     assert!(ok.is_ok(), "{ok:?}");
     let denied: [(&str, Vec<String>); 7] = [
-        ("XADD", vec![stream_key(session, "b"), "*".into(), "f".into(), "x".into()]),
+        (
+            "XADD",
+            vec![stream_key(session, "b"), "*".into(), "f".into(), "x".into()],
+        ),
         ("SET", vec![status_key(session, "b"), "x".into()]),
-        ("XRANGE", vec![stream_key(session, "a"), "-".into(), "+".into()]),
+        (
+            "XRANGE",
+            vec![stream_key(session, "a"), "-".into(), "+".into()],
+        ),
         ("DEL", vec![stream_key(session, "a")]),
         ("KEYS", vec!["*".into()]),
         ("ACL", vec!["LIST".into()]),
         ("FLUSHALL", vec![]),
     ];
     for (cmd, args) in denied {
-        let r: redis::RedisResult<redis::Value> = redis::cmd(cmd).arg(&args).query_async(&mut c).await;
+        let r: redis::RedisResult<redis::Value> =
+            redis::cmd(cmd).arg(&args).query_async(&mut c).await;
         let e = r.expect_err(&format!("{cmd} {args:?} must be refused"));
-        assert!(e.to_string().contains("NOPERM") || e.code() == Some("NOPERM"), "{cmd}: {e}");
+        assert!(
+            e.to_string().contains("NOPERM") || e.code() == Some("NOPERM"),
+            "{cmd}: {e}"
+        );
     }
     // A wrong password is refused; after revoke the right one is too.
     let mut wrong = mine.clone();
     wrong.password = "nope".into();
-    let url = format!("redis://{}:{}@127.0.0.1:6379", wrong.username, wrong.password);
-    assert!(redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.is_err());
+    let url = format!(
+        "redis://{}:{}@127.0.0.1:6379",
+        wrong.username, wrong.password
+    );
+    assert!(
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .is_err()
+    );
     bus.revoke(session, "a").await.unwrap();
     bus.revoke(session, "b").await.unwrap();
     let url = format!("redis://{}:{}@127.0.0.1:6379", mine.username, mine.password);
-    assert!(redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.is_err());
+    assert!(
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .is_err()
+    );
     bus.delete_keys(session, "a").await.unwrap();
     bus.delete_keys(session, "b").await.unwrap();
     // Names that would widen the key pattern never reach Redis.
@@ -114,16 +179,32 @@ async fn malformed_entries_are_reported_and_skipped() {
     let mut obs = SyntheticObserver::new(session, &host, 3);
     let tag = format!("{}/{}", obs.boot_id, obs.started_ns);
     let key = stream_key(session, &host);
-    let mut truncated = obs.samples(10).encode();
-    truncated.truncate(40);
     let entries: Vec<Vec<(&str, Vec<u8>)>> = vec![
-        vec![("run", tag.clone().into_bytes()), ("f", obs.hello().encode())],
-        vec![("run", tag.clone().into_bytes()), ("f", obs.samples(10).encode())],
-        vec![("run", tag.clone().into_bytes()), ("f", b"not a frame at all".to_vec())],
-        vec![("run", tag.clone().into_bytes()), ("f", truncated)], // records 10..20 lost
-        vec![("f", obs.samples(10).encode())],                      // no run tag: 20..30 lost
-        vec![("run", b"garbage".to_vec()), ("f", obs.samples(10).encode())], // 30..40 lost
-        vec![("run", tag.clone().into_bytes()), ("f", obs.samples(10).encode())],
+        vec![
+            ("run", tag.clone().into_bytes()),
+            ("f", obs.hello().encode()),
+        ],
+        vec![
+            ("run", tag.clone().into_bytes()),
+            ("f", obs.samples(10).encode()),
+        ],
+        vec![
+            ("run", tag.clone().into_bytes()),
+            ("f", b"not a frame at all".to_vec()),
+        ],
+        vec![
+            ("run", tag.clone().into_bytes()),
+            ("f", obs.samples(10).encode()[..40].to_vec()),
+        ], // records 10..20 lost
+        vec![("f", obs.samples(10).encode())], // no run tag: 20..30 lost
+        vec![
+            ("run", b"garbage".to_vec()),
+            ("f", obs.samples(10).encode()),
+        ], // 30..40 lost
+        vec![
+            ("run", tag.clone().into_bytes()),
+            ("f", obs.samples(10).encode()),
+        ],
         vec![("run", tag.clone().into_bytes()), ("f", obs.bye().encode())],
     ];
     for e in &entries {
@@ -136,13 +217,27 @@ async fn malformed_entries_are_reported_and_skipped() {
     }
     let s = store.open_session(session).await.unwrap();
     let col = Collector::start(store.clone(), s, CollectorConfig::default());
-    let mut src = RedisSource::start(&col, bus.clone(), session, std::slice::from_ref(&host), "c").await.unwrap();
-    wait_drained(&bus, session, std::slice::from_ref(&host), Duration::from_secs(30)).await;
+    let mut src = RedisSource::start(&col, bus.clone(), session, std::slice::from_ref(&host), "c")
+        .await
+        .unwrap();
+    wait_drained(
+        &bus,
+        session,
+        std::slice::from_ref(&host),
+        Duration::from_secs(30),
+    )
+    .await;
     src.stop_reading().await.unwrap();
     let rep = col.finish().await.unwrap();
     src.finish().await.unwrap();
     assert_eq!(rep.counters.records, 20);
-    assert_eq!(rep.gaps.iter().map(|g| (g.from_seq, g.to_seq)).collect::<Vec<_>>(), vec![(10, 40)]);
+    assert_eq!(
+        rep.gaps
+            .iter()
+            .map(|g| (g.from_seq, g.to_seq))
+            .collect::<Vec<_>>(),
+        vec![(10, 40)]
+    );
     assert_eq!(store.stream_errors(s).await.unwrap().len(), 4);
     bus.revoke(session, &host).await.unwrap();
     bus.delete_keys(session, &host).await.unwrap();

@@ -13,7 +13,11 @@ async fn byte_streams_into_sqlite_store_every_record() {
     let _g = SERVICES.read().await;
     let (store, dir) = sqlite_store("streams").await;
     let s = store.open_session("sqlite-streams").await.unwrap();
-    let c = Arc::new(Collector::start(store.clone(), s, CollectorConfig::default()));
+    let c = Arc::new(Collector::start(
+        store.clone(),
+        s,
+        CollectorConfig::default(),
+    ));
     let mut tasks = Vec::new();
     for h in 0..4 {
         let c = c.clone();
@@ -58,7 +62,14 @@ async fn a_cut_stream_resumed_later_reports_exactly_what_was_lost() {
     let _g = SERVICES.read().await;
     let store = mariadb_store("latplan_test_cut").await;
     let s = store.open_session("cut").await.unwrap();
-    let c = Collector::start(store.clone(), s, CollectorConfig { flush_interval: Duration::from_millis(50), ..Default::default() });
+    let c = Collector::start(
+        store.clone(),
+        s,
+        CollectorConfig {
+            flush_interval: Duration::from_millis(50),
+            ..Default::default()
+        },
+    );
     let mut obs = SyntheticObserver::new("cut", "vm1", 7);
     let mut first = Vec::new();
     obs.hello().encode_into(&mut first);
@@ -81,9 +92,16 @@ async fn a_cut_stream_resumed_later_reports_exactly_what_was_lost() {
     let b = c.collect_stream("vm1", &second[..]).await.unwrap();
     assert!(b.saw_bye, "{b:?}");
     let rep = c.finish().await.unwrap();
-    let gaps: Vec<_> = rep.gaps.iter().map(|g| (g.host.as_str(), g.from_seq, g.to_seq)).collect();
+    let gaps: Vec<_> = rep
+        .gaps
+        .iter()
+        .map(|g| (g.host.as_str(), g.from_seq, g.to_seq))
+        .collect();
     assert_eq!(gaps, vec![("vm1", 1000, 1400)]);
-    assert_eq!(assert_accounted(&store, s, "vm1", obs.next_seq).await, (1500, 400));
+    assert_eq!(
+        assert_accounted(&store, s, "vm1", obs.next_seq).await,
+        (1500, 400)
+    );
     let errors = store.stream_errors(s).await.unwrap();
     assert_eq!(errors.len(), 1);
     assert!(errors[0].error.contains("truncated"), "{errors:?}");

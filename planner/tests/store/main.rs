@@ -1,0 +1,1 @@
+//! Storage and collection against real MariaDB and Redis (see mod docs).

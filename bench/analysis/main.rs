@@ -53,10 +53,28 @@ fn main() {
     println!("flows                   {}", a.flows.len());
     println!("sampled bytes           {}", a.totals.sampled_bytes);
     println!("generate only (lazy)    {gen_s:.2} s");
-    println!("analyse (incl. gen)     {analyse_s:.2} s  ({:.1} M samples/s)", n as f64 / analyse_s / 1e6);
-    println!("peak RSS before analyse {:.0} MiB", rss_before as f64 / (1 << 20) as f64);
-    println!("peak RSS after analyse  {:.0} MiB", rss_after as f64 / (1 << 20) as f64);
-    println!("render json             {json_s:.2} s ({} KiB)", json.len() / 1024);
-    println!("render html             {html_s:.2} s ({} KiB)", html.len() / 1024);
-    println!("dominant (pair)         {}", a.pairs[0].dominant.as_deref().unwrap_or("-"));
+    println!(
+        "analyse (incl. gen)     {analyse_s:.2} s  ({:.1} M samples/s)",
+        n as f64 / analyse_s / 1e6
+    );
+    println!(
+        "peak RSS before analyse {:.0} MiB",
+        rss_before as f64 / (1 << 20) as f64
+    );
+    println!(
+        "peak RSS after analyse  {:.0} MiB",
+        rss_after as f64 / (1 << 20) as f64
+    );
+    println!(
+        "render json             {json_s:.2} s ({} KiB)",
+        json.len() / 1024
+    );
+    println!(
+        "render html             {html_s:.2} s ({} KiB)",
+        html.len() / 1024
+    );
+    println!(
+        "dominant (pair)         {}",
+        a.pairs[0].dominant.as_deref().unwrap_or("-")
+    );
 }

@@ -4,6 +4,7 @@
 //! add `mod NAME;` and one line to the `subcommands!` list below. Subcommands return
 //! `anyhow::Result<Outcome>`; `main` is the only place errors and outcomes become exit codes.
 mod inventory;
+pub mod report;
 
 use std::ffi::OsString;
 
@@ -53,6 +54,8 @@ macro_rules! subcommands {
 subcommands! {
     /// Inspect an inventory: print it resolved (inheritance applied, validated).
     Inventory(inventory::Args),
+    /// Analyse a stored session: the latency breakdown as a table, JSON, CSV or HTML.
+    Report(report::Args),
 }
 
 /// latplan: where network-flow latency is spent, across metal, VMs and containers.

@@ -341,7 +341,7 @@ mod tests {
                 netns: o.netns_hosts.iter().map(|(ns, _)| *ns).collect(),
                 started_ns: 1,
             };
-            runs.push(store.register_run(id, &hello).await.unwrap().1);
+            runs.push(store.register_run(id, &hello, false).await.unwrap().1);
         }
         store.insert_clock_fits(id, &data.fits).await.unwrap();
         let mut seq = vec![0u64; runs.len()];

@@ -3,9 +3,11 @@
 //! Adding a subcommand: write `cli/NAME.rs` with a clap `Args` struct implementing [`Command`],
 //! add `mod NAME;` and one line to the `subcommands!` list below. Subcommands return
 //! `anyhow::Result<Outcome>`; `main` is the only place errors and outcomes become exit codes.
+mod apply;
 mod check;
 mod inventory;
 pub mod report;
+mod teardown;
 
 use std::ffi::OsString;
 
@@ -90,6 +92,10 @@ subcommands! {
     Check(check::Args),
     /// Inspect an inventory: print it resolved (inheritance applied, validated).
     Inventory(inventory::Args),
+    /// Run a measurement session: converge the hosts, sync clocks, observe, collect, report.
+    Apply(apply::Args),
+    /// Stop and remove everything latplan put on the hosts.
+    Teardown(teardown::Args),
     /// Analyse a stored session: the latency breakdown as a table, JSON, CSV or HTML.
     Report(report::Args),
 }

@@ -1,4 +1,158 @@
 //! Command-line entry: parses arguments and dispatches to one file per subcommand.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//!
+//! Adding a subcommand: write `cli/NAME.rs` with a clap `Args` struct implementing [`Command`],
+//! add `mod NAME;` and one line to the `subcommands!` list below. Subcommands return
+//! `anyhow::Result<Outcome>`; `main` is the only place errors and outcomes become exit codes.
+mod check;
+mod inventory;
+pub mod report;
+
+use std::ffi::OsString;
+
+use clap::Parser;
+
+/// How a command ended, when it ran to completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything asked for succeeded.
+    Success,
+    /// The command ran but some host (or check) failed: exit code 1.
+    Failed,
+    /// The command line was wrong (clap already said why): exit code 2.
+    Usage,
+}
+
+/// Options shared by every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// More detail on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// How to reach hosts; shared by every subcommand that connects.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// At most this many hosts are connected and worked on at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub forks: u16,
+    /// Add unknown host keys to known_hosts (first contact). Changed keys are still refused.
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Directory with the static observer and timesync binaries
+    /// [default: $LATPLAN_ARTIFACTS, else the directory of this latplan binary].
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<std::path::PathBuf>,
+}
+
+impl ConnectArgs {
+    /// Connection options with a fresh private directory for the ControlMaster sockets (removed
+    /// when the returned guard drops).
+    pub fn options(&self) -> anyhow::Result<(crate::transport::ConnectOptions, tempfile::TempDir)> {
+        use anyhow::Context;
+        let dir = tempfile::Builder::new()
+            .prefix("latplan-ssh-")
+            .tempdir()
+            .context("failed to create a directory for SSH control sockets")?;
+        let opts = crate::transport::ConnectOptions {
+            forks: usize::from(self.forks),
+            accept_new_host_keys: self.accept_new_host_keys,
+            control_dir: dir.path().to_path_buf(),
+        };
+        Ok((opts, dir))
+    }
+}
+
+/// One subcommand: its arguments, and how it runs.
+pub trait Command {
+    fn run(self, global: &Global) -> anyhow::Result<Outcome>;
+}
+
+macro_rules! subcommands {
+    ($( $(#[$meta:meta])* $variant:ident($args:ty) ),* $(,)?) => {
+        #[derive(Debug, clap::Subcommand)]
+        enum Sub {
+            $( $(#[$meta])* $variant($args), )*
+        }
+
+        impl Sub {
+            fn run(self, global: &Global) -> anyhow::Result<Outcome> {
+                match self {
+                    $( Sub::$variant(args) => Command::run(args, global), )*
+                }
+            }
+        }
+    };
+}
+
+subcommands! {
+    /// Preflight every host: reachability, kernel, BTF, sudo, disk, interfaces, and real attach tests.
+    Check(check::Args),
+    /// Inspect an inventory: print it resolved (inheritance applied, validated).
+    Inventory(inventory::Args),
+    /// Analyse a stored session: the latency breakdown as a table, JSON, CSV or HTML.
+    Report(report::Args),
+}
+
+/// latplan: where network-flow latency is spent, across metal, VMs and containers.
+#[derive(Debug, Parser)]
+#[command(name = "latplan", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Sub,
+}
+
+/// Parses `args` (program name first) and runs the subcommand.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Outcome> {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are "errors" to clap; they print to stdout and succeed.
+            let usage = e.use_stderr();
+            e.print()?;
+            return Ok(if usage {
+                Outcome::Usage
+            } else {
+                Outcome::Success
+            });
+        }
+    };
+    cli.command.run(&cli.global)
+}
+
+/// Writes a command's output to stdout. A closed pipe (`latplan … | head`) is not an error.
+pub fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// A tokio runtime for subcommands that talk to hosts. Built per command (not in `main`) so
+/// offline commands such as `inventory list` start no threads.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

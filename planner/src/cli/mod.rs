@@ -5,6 +5,7 @@
 //! `anyhow::Result<Outcome>`; `main` is the only place errors and outcomes become exit codes.
 mod check;
 mod inventory;
+mod plan;
 
 use std::ffi::OsString;
 
@@ -89,6 +90,8 @@ subcommands! {
     Check(check::Args),
     /// Inspect an inventory: print it resolved (inheritance applied, validated).
     Inventory(inventory::Args),
+    /// Show each host's plan and what it would change (ok/changed); changes nothing.
+    Plan(plan::Args),
 }
 
 /// latplan: where network-flow latency is spent, across metal, VMs and containers.

@@ -33,7 +33,7 @@ fn lab_inventory_loads() {
     assert_eq!(inv.session.sampling.ports, [5201]);
     assert_eq!(inv.session.timesync.rate_hz, 50);
     assert_eq!(
-        inv.session.timesync.port, 7997,
+        inv.session.timesync.port, 31999,
         "default from conf/timesync.yaml"
     );
     assert_eq!(inv.hosts["metal1"].lab["mgmt"]["addr"], "10.77.0.11/24");

@@ -4,6 +4,7 @@
 //! add `mod NAME;` and one line to the `subcommands!` list below. Subcommands return
 //! `anyhow::Result<Outcome>`; `main` is the only place errors and outcomes become exit codes.
 mod check;
+mod import;
 mod inventory;
 mod plan;
 
@@ -88,6 +89,8 @@ macro_rules! subcommands {
 subcommands! {
     /// Preflight every host: reachability, kernel, BTF, sudo, disk, interfaces, and real attach tests.
     Check(check::Args),
+    /// Convert the original tool's configuration directory into an inventory.
+    Import(import::Args),
     /// Inspect an inventory: print it resolved (inheritance applied, validated).
     Inventory(inventory::Args),
     /// Show each host's plan and what it would change (ok/changed); changes nothing.

@@ -7,6 +7,7 @@ mod check;
 mod import;
 mod inventory;
 mod plan;
+pub mod report;
 
 use std::ffi::OsString;
 
@@ -95,6 +96,8 @@ subcommands! {
     Inventory(inventory::Args),
     /// Show each host's plan and what it would change (ok/changed); changes nothing.
     Plan(plan::Args),
+    /// Analyse a stored session: the latency breakdown as a table, JSON, CSV or HTML.
+    Report(report::Args),
 }
 
 /// latplan: where network-flow latency is spent, across metal, VMs and containers.

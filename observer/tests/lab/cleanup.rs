@@ -3,16 +3,19 @@ use crate::support::*;
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 
-/// IDs of the eBPF programs a process holds (bpftool reports holders per program).
+/// IDs of the eBPF programs a process holds, from its fds' fdinfo (program and link fds both
+/// carry `prog_id:`).
 fn programs_of(pid: i32) -> HashSet<u64> {
-    let o = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool (ci/setup installs it)");
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bpftool JSON");
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["pids"].as_array().is_some_and(|a| a.iter().any(|x| x["pid"] == pid)))
-        .map(|p| p["id"].as_u64().unwrap())
-        .collect()
+    let mut ids = HashSet::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+        let info = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for line in info.lines() {
+            if let Some(v) = line.strip_prefix("prog_id:") {
+                ids.insert(v.trim().parse().unwrap());
+            }
+        }
+    }
+    ids
 }
 
 fn all_programs() -> HashSet<u64> {

@@ -5,7 +5,9 @@
 //! `anyhow::Result<Outcome>`; `main` is the only place errors and outcomes become exit codes.
 mod apply;
 mod check;
+mod import;
 mod inventory;
+mod plan;
 pub mod report;
 mod teardown;
 
@@ -90,8 +92,12 @@ macro_rules! subcommands {
 subcommands! {
     /// Preflight every host: reachability, kernel, BTF, sudo, disk, interfaces, and real attach tests.
     Check(check::Args),
+    /// Convert the original tool's configuration directory into an inventory.
+    Import(import::Args),
     /// Inspect an inventory: print it resolved (inheritance applied, validated).
     Inventory(inventory::Args),
+    /// Show each host's plan and what it would change (ok/changed); changes nothing.
+    Plan(plan::Args),
     /// Run a measurement session: converge the hosts, sync clocks, observe, collect, report.
     Apply(apply::Args),
     /// Stop and remove everything latplan put on the hosts.

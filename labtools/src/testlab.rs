@@ -7,12 +7,17 @@ use std::process::{Command, Output};
 
 /// Where ci/ keeps the lab's keys, PIDs and per-host directories.
 pub fn state_dir() -> PathBuf {
-    std::env::var_os("LATPLAN_STATE").map(PathBuf::from).unwrap_or_else(|| "/var/lib/latplan-ci".into())
+    std::env::var_os("LATPLAN_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/latplan-ci".into())
 }
 
 /// The workspace root (tests run with the crate as working directory).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("labtools sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("labtools sits in the workspace")
+        .to_path_buf()
 }
 
 /// Where the static observer and timesync binaries are (`LATPLAN_ARTIFACTS` or the musl release dir).
@@ -29,7 +34,9 @@ pub fn lab_inventory() -> PathBuf {
 
 /// Panics with instructions unless the lab is up.
 pub fn require_lab() {
-    let status = Command::new(workspace_root().join("ci/lab")).arg("status").output();
+    let status = Command::new(workspace_root().join("ci/lab"))
+        .arg("status")
+        .output();
     match status {
         Ok(o) if o.status.success() => {}
         Ok(o) => panic!(

@@ -234,4 +234,4 @@ pub(crate) fn now_unix_ms() -> i64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

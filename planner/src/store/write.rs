@@ -37,12 +37,14 @@ impl WriteBatch {
 }
 
 /// What a batch did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WriteOutcome {
     /// Sample rows newly stored.
     pub inserted: u64,
     /// Sample rows already present (re-delivered), left as they were.
     pub duplicates: u64,
+    /// (inserted, duplicates) per run.
+    pub per_run: HashMap<RunId, (u64, u64)>,
 }
 
 const SAMPLE_COLUMNS: &str =
@@ -101,7 +103,15 @@ impl Store {
 
     /// Registers the observer run a Hello frame announces (idempotent on host, boot id and start
     /// time), creating the host as `unknown` kind if apply did not register it, and its interfaces.
-    pub async fn register_run(&self, session: SessionId, hello: &Hello) -> Result<(HostId, RunId)> {
+    ///
+    /// `placeholder` marks a Hello reconstructed from a run tag (the real one was lost): it
+    /// creates the run if missing but never overwrites what a real Hello stored.
+    pub async fn register_run(
+        &self,
+        session: SessionId,
+        hello: &Hello,
+        placeholder: bool,
+    ) -> Result<(HostId, RunId)> {
         let ins_host = format!(
             "{} INTO hosts (session_id, name, kind, boot_id) VALUES (?, ?, 'unknown', ?)",
             self.insert_ignore()
@@ -130,6 +140,12 @@ impl Store {
             let run_id: i64 = sqlx::query_scalar("SELECT id FROM runs WHERE host_id = ? AND boot_id = ? AND started_ns = ?")
                 .bind(host_id).bind(&hello.boot_id).bind(hello.started_ns as i64).fetch_one(&mut *tx).await
                 .map_err(q("look up an observer run"))?;
+            if !placeholder {
+                // A run first registered from a placeholder gets the real facts when its Hello shows up.
+                sqlx::query("UPDATE runs SET observer_version = ?, sample_size = ?, netns = ? WHERE id = ?")
+                    .bind(&hello.observer_version).bind(hello.sample_size as i64).bind(&netns).bind(run_id)
+                    .execute(&mut *tx).await.map_err(q("update an observer run"))?;
+            }
             for i in &hello.interfaces {
                 sqlx::query(AssertSqlSafe(ins_if.as_str())).bind(run_id).bind(host_id).bind(i.ifindex as i64).bind(i.netns as i64)
                     .bind(&i.name).bind(&i.ingress_mode).execute(&mut *tx).await.map_err(q("insert an interface"))?;
@@ -188,6 +204,7 @@ impl Store {
         let session = batch.session_id;
         let chunk = self.sample_chunk();
         let mut inserted = 0u64;
+        let mut per_run: HashMap<RunId, (u64, u64)> = HashMap::new();
         on_pool!(self, p => {
             let mut tx = p.begin().await.map_err(q("begin a transaction"))?;
             for c in flows.chunks(1000) {
@@ -198,14 +215,27 @@ impl Store {
                 });
                 b.build().execute(&mut *tx).await.map_err(q("insert flows"))?;
             }
-            for c in batch.samples.chunks(chunk) {
+            // Chunks never mix runs, so rows_affected tells each run's new records apart.
+            let mut i = 0;
+            while i < batch.samples.len() {
+                let run = batch.samples[i].0;
+                let mut j = i + 1;
+                while j < batch.samples.len() && j - i < chunk && batch.samples[j].0 == run {
+                    j += 1;
+                }
+                let c = &batch.samples[i..j];
                 let mut b = QueryBuilder::new(ins_samples.as_str());
                 b.push_values(c, |mut r, (run, seq, s)| {
                     r.push_bind(*run).push_bind(*seq as i64).push_bind(s.ts_ns as i64).push_bind(FlowKey::of(s).id())
                         .push_bind(s.offset as i64).push_bind(s.len as i64).push_bind(s.layer as u8 as i64)
                         .push_bind(s.ifindex as i64).push_bind(s.netns as i64).push_bind(s.cpu as i64).push_bind(s.flags as i64);
                 });
-                inserted += b.build().execute(&mut *tx).await.map_err(q("insert samples"))?.rows_affected();
+                let n = b.build().execute(&mut *tx).await.map_err(q("insert samples"))?.rows_affected();
+                let e = per_run.entry(run).or_insert((0, 0));
+                e.0 += n;
+                e.1 += c.len() as u64 - n;
+                inserted += n;
+                i = j;
             }
             for (run, st) in &batch.stats {
                 sqlx::query(AssertSqlSafe(ins_stats.as_str())).bind(*run).bind(st.ts_ns as i64).bind(st.records_sent as i64)
@@ -229,6 +259,7 @@ impl Store {
         Ok(WriteOutcome {
             inserted,
             duplicates: batch.samples.len() as u64 - inserted,
+            per_run,
         })
     }
 
@@ -277,7 +308,8 @@ impl Store {
                      FROM samples WHERE run_id = ?) t WHERE next_seq > record_seq + 1 ORDER BY record_seq";
         let bounds = "SELECT MIN(record_seq), MAX(record_seq) FROM samples WHERE run_id = ?";
         let sent = "SELECT MAX(records_sent) FROM observer_stats WHERE run_id = ?";
-        let (pairs, (lo, hi), sent): (Vec<(i64, i64)>, (Option<i64>, Option<i64>), Option<i64>) = on_pool!(self, p => {
+        type Scan = (Vec<(i64, i64)>, (Option<i64>, Option<i64>), Option<i64>);
+        let (pairs, (lo, hi), sent): Scan = on_pool!(self, p => {
             let pairs = sqlx::query_as(holes).bind(run.id).fetch_all(p).await.map_err(q("scan for gaps"))?;
             let b = sqlx::query_as(bounds).bind(run.id).fetch_one(p).await.map_err(q("scan for gaps"))?;
             let s = sqlx::query_scalar(sent).bind(run.id).fetch_one(p).await.map_err(q("scan for gaps"))?;

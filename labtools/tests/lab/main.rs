@@ -1,0 +1,1 @@
+//! Lab integration tests of labtools (need `ci/lab up`).

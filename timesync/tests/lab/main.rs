@@ -1,0 +1,1 @@
+//! Lab tests of timesync (need `ci/lab up`, root).

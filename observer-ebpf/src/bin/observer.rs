@@ -484,6 +484,21 @@ mod programs {
         xdp_action::XDP_PASS
     }
 
+    // ---- dev_recv fallback: TC ingress (TCX), where another XDP program holds the interface ----
+
+    /// The same observation as `lp_xdp_dev_recv`, a little later on the receive path (after GRO
+    /// and generic XDP). Used only where XDP is taken by someone else, e.g. a timesync reflector:
+    /// an interface has one XDP program, but TCX links coexist.
+    #[classifier]
+    pub fn lp_tc_dev_recv(ctx: TcContext) -> i32 {
+        let skb = unsafe { &*ctx.skb.skb };
+        let ifindex = skb.ifindex;
+        let proto = skb.protocol as u16;
+        let b = SkbBytes(&ctx.skb);
+        on_interface(&b, 14, proto, ifindex, Layer::DevRecv, |_| false);
+        TC_ACT_PIPE
+    }
+
     // ---- dev_send: TC egress (TCX) on each named interface ----
 
     #[classifier]

@@ -60,19 +60,29 @@ impl Command for Args {
         let inv = load(&self.inventory)?;
         let dir = Artifacts::locate(self.connect.artifacts.as_deref());
         let artifacts = vec![dir.load(OBSERVER)?, dir.load(TIMESYNC)?];
-        let store_url = self.store.clone().unwrap_or_else(|| inv.session.store.clone());
-        let session = self.session.clone().unwrap_or_else(session::new_session_name);
+        let store_url = self
+            .store
+            .clone()
+            .unwrap_or_else(|| inv.session.store.clone());
+        let session = self
+            .session
+            .clone()
+            .unwrap_or_else(session::new_session_name);
         let (opts, _control_dir) = self.connect.options()?;
         let rt = super::runtime()?;
         let mut recap = Recap::new(inv.order.iter().cloned());
         let ran = rt.block_on(async {
             let pool = connect(&inv, &opts, &mut recap).await;
-            let facts = converge_all(&inv, &pool, &artifacts, self.check, opts.forks, &mut recap).await;
+            let facts =
+                converge_all(&inv, &pool, &artifacts, self.check, opts.forks, &mut recap).await;
             if self.check {
                 return Ok(false);
             }
             enforce_fail_limit(&recap, &inv, self.max_fail_percent)?;
-            let r = run_session(&self, &inv, &pool, &facts, &artifacts, &store_url, &session, &mut recap).await;
+            let r = run_session(
+                &self, &inv, &pool, &facts, &artifacts, &store_url, &session, &mut recap,
+            )
+            .await;
             pool.close().await;
             r.map(|()| true)
         });
@@ -84,7 +94,10 @@ impl Command for Args {
             }
         };
         if ran {
-            eprintln!("session {session} stored in {}", crate::store::redact(&store_url));
+            eprintln!(
+                "session {session} stored in {}",
+                crate::store::redact(&store_url)
+            );
             report(&store_url, &session, self.html.as_ref())?;
         }
         print_out(&recap.render())?;
@@ -97,7 +110,11 @@ impl Command for Args {
 }
 
 /// Connects to every kernel host; containers are marked as covered by their parent.
-async fn connect(inv: &Inventory, opts: &crate::transport::ConnectOptions, recap: &mut Recap) -> Pool {
+async fn connect(
+    inv: &Inventory,
+    opts: &crate::transport::ConnectOptions,
+    recap: &mut Recap,
+) -> Pool {
     let kernels = session::kernel_host_names(inv);
     eprintln!("connecting to {} host(s)…", kernels.len());
     let pool = Pool::connect(inv, &kernels, opts, &|_h: &str| {}).await;
@@ -107,8 +124,14 @@ async fn connect(inv: &Inventory, opts: &crate::transport::ConnectOptions, recap
     for c in inv.hosts().filter(|h| h.kind == Kind::Container) {
         let parent = c.parent.clone().unwrap_or_default();
         match recap.get(&parent) {
-            Some(o) if o.is_failure() => recap.set(&c.name, HostOutcome::Failed(format!("its parent {parent} failed"))),
-            _ => recap.set(&c.name, HostOutcome::Skipped(format!("observed by {parent}'s observer"))),
+            Some(o) if o.is_failure() => recap.set(
+                &c.name,
+                HostOutcome::Failed(format!("its parent {parent} failed")),
+            ),
+            _ => recap.set(
+                &c.name,
+                HostOutcome::Skipped(format!("observed by {parent}'s observer")),
+            ),
         }
     }
     pool
@@ -124,19 +147,30 @@ async fn converge_all(
     recap: &mut Recap,
 ) -> BTreeMap<String, crate::facts::Facts> {
     let sem = Arc::new(Semaphore::new(forks.max(1)));
-    let jobs = pool.connected.iter().filter(|(h, _)| inv.hosts[*h].has_own_kernel()).map(|(name, t)| {
-        let sem = sem.clone();
-        let host = &inv.hosts[name];
-        async move {
-            let _p = sem.acquire().await.expect("never closed");
-            (name.clone(), converge(t.as_ref(), inv, host, artifacts, check_only).await)
-        }
-    });
+    let jobs = pool
+        .connected
+        .iter()
+        .filter(|(h, _)| inv.hosts[*h].has_own_kernel())
+        .map(|(name, t)| {
+            let sem = sem.clone();
+            let host = &inv.hosts[name];
+            async move {
+                let _p = sem.acquire().await.expect("never closed");
+                (
+                    name.clone(),
+                    converge(t.as_ref(), inv, host, artifacts, check_only).await,
+                )
+            }
+        });
     let mut facts = BTreeMap::new();
     for (name, r) in join_all(jobs).await {
         match r {
             Ok((f, changed)) => {
-                let verb = if check_only { "would change" } else { "changed" };
+                let verb = if check_only {
+                    "would change"
+                } else {
+                    "changed"
+                };
                 for p in &changed {
                     eprintln!("{name}: {verb} {}", p.display());
                 }
@@ -173,7 +207,10 @@ fn enforce_fail_limit(recap: &Recap, inv: &Inventory, max_percent: u8) -> anyhow
     Ok(())
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site; the session's whole context")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the session's whole context"
+)]
 async fn run_session(
     args: &Args,
     inv: &Inventory,
@@ -184,9 +221,12 @@ async fn run_session(
     session: &str,
     recap: &mut Recap,
 ) -> anyhow::Result<()> {
-    let store = Store::open(store_url)
-        .await
-        .with_context(|| format!("failed to open the store {}", crate::store::redact(store_url)))?;
+    let store = Store::open(store_url).await.with_context(|| {
+        format!(
+            "failed to open the store {}",
+            crate::store::redact(store_url)
+        )
+    })?;
     let session_id = store.open_session(session).await?;
     for h in inv.hosts() {
         let kernel = kernel_of(inv, h);
@@ -196,13 +236,20 @@ async fn run_session(
             parent: h.parent.clone(),
             clock_domain: Some(h.clock_domain.clone()),
             boot_id: facts.get(&kernel.name).map(|f| f.boot_id.clone()),
-            address: h.address.clone().or_else(|| h.addresses.first().map(|a| a.to_string())),
+            address: h
+                .address
+                .clone()
+                .or_else(|| h.addresses.first().map(|a| a.to_string())),
         };
         store.upsert_host(session_id, &rec).await?;
     }
 
     // Clocks first: the session starts only once every domain is synced.
-    let live: Vec<String> = recap.healthy().filter(|h| facts.contains_key(*h)).map(str::to_string).collect();
+    let live: Vec<String> = recap
+        .healthy()
+        .filter(|h| facts.contains_key(*h))
+        .map(str::to_string)
+        .collect();
     let domains = session::domains(inv, &live);
     let token = session::new_token();
     let port = inv.session.timesync.port;
@@ -211,7 +258,17 @@ async fn run_session(
         let host = &inv.hosts[&d.reflector];
         let t = pool.connected[&d.reflector].clone();
         let token = token.clone();
-        async move { start_reflector(t.as_ref(), d, &Layout::of(host), &token, port, host.become_root).await }
+        async move {
+            start_reflector(
+                t.as_ref(),
+                d,
+                &Layout::of(host),
+                &token,
+                port,
+                host.become_root,
+            )
+            .await
+        }
     });
     let mut reflectors: Vec<Reflector> = Vec::new();
     for (d, r) in domains.iter().zip(join_all(starts).await) {
@@ -220,14 +277,28 @@ async fn run_session(
             Err(e) => fail_domain(recap, d, &format!("{e:#}")),
         }
     }
-    let targets: Vec<(String, String)> =
-        reflectors.iter().map(|r| (r.domain.clone(), domain_address(&domains, &r.domain))).collect();
-    let timesync = &artifacts.iter().find(|a| a.name == TIMESYNC).expect("loaded").path;
-    let mut prober = Prober::start(timesync, &targets, &token, inv.session.timesync.rate_hz, port)?;
+    let targets: Vec<(String, String)> = reflectors
+        .iter()
+        .map(|r| (r.domain.clone(), domain_address(&domains, &r.domain)))
+        .collect();
+    let timesync = &artifacts
+        .iter()
+        .find(|a| a.name == TIMESYNC)
+        .expect("loaded")
+        .path;
+    let mut prober = Prober::start(
+        timesync,
+        &targets,
+        &token,
+        inv.session.timesync.rate_hz,
+        port,
+    )?;
     let bound_ns = inv.session.timesync.sync_bound_us as f64 * 1e3;
     let names: Vec<String> = targets.iter().map(|(d, _)| d.clone()).collect();
     let t0 = Instant::now();
-    let unsynced = prober.wait_synced(&names, bound_ns, args.sync_timeout).await;
+    let unsynced = prober
+        .wait_synced(&names, bound_ns, args.sync_timeout)
+        .await;
     for (d, why) in &unsynced {
         let dom = domains.iter().find(|x| &x.name == d).expect("known domain");
         fail_domain(recap, dom, &format!("clock domain {d} not synced: {why}"));
@@ -236,30 +307,59 @@ async fn run_session(
         "clocks synced in {:.1} s ({} domain(s){})",
         t0.elapsed().as_secs_f64(),
         names.len() - unsynced.len(),
-        if unsynced.is_empty() { String::new() } else { format!(", {} failed", unsynced.len()) }
+        if unsynced.is_empty() {
+            String::new()
+        } else {
+            format!(", {} failed", unsynced.len())
+        }
     );
 
     // Observers on every remaining host, started together.
-    let collector = Arc::new(Collector::start(store.clone(), session_id, CollectorConfig::default()));
+    let collector = Arc::new(Collector::start(
+        store.clone(),
+        session_id,
+        CollectorConfig::default(),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let observed: Vec<String> = recap.healthy().filter(|h| facts.contains_key(*h)).map(str::to_string).collect();
+    let observed: Vec<String> = recap
+        .healthy()
+        .filter(|h| facts.contains_key(*h))
+        .map(str::to_string)
+        .collect();
     let starts = observed.iter().map(|name| {
         let host = &inv.hosts[name];
         let t: Arc<dyn Transport> = pool.connected[name].clone();
         let (c, rx) = (collector.clone(), stop_rx.clone());
-        async move { observe::start(t.as_ref(), &Layout::of(host), session, host.become_root, c, rx).await }
+        async move {
+            observe::start(
+                t.as_ref(),
+                &Layout::of(host),
+                session,
+                host.become_root,
+                c,
+                rx,
+            )
+            .await
+        }
     });
     let mut running = Vec::new();
     for (name, r) in observed.iter().zip(join_all(starts).await) {
         match r {
             Ok(h) => running.push((name.clone(), h)),
-            Err(e) => recap.set(name, HostOutcome::Failed(format!("failed to start the observer: {e:#}"))),
+            Err(e) => recap.set(
+                name,
+                HostOutcome::Failed(format!("failed to start the observer: {e:#}")),
+            ),
         }
     }
     if running.is_empty() {
         bail!("no observer could be started");
     }
-    eprintln!("session {session}: {} observer(s) running for {}", running.len(), humantime::format_duration(args.duration));
+    eprintln!(
+        "session {session}: {} observer(s) running for {}",
+        running.len(),
+        humantime::format_duration(args.duration)
+    );
 
     let interrupted = watch_session(args.duration, &collector, &prober, &mut running, recap).await;
 
@@ -270,13 +370,26 @@ async fn run_session(
     }
     let (sync, prober_err) = prober.stop().await;
     if !prober_err.trim().is_empty() {
-        eprintln!("timesync prober: {}", crate::executor::clocks::last_lines(&prober_err, 3));
+        eprintln!(
+            "timesync prober: {}",
+            crate::executor::clocks::last_lines(&prober_err, 3)
+        );
     }
     store.insert_clock_fits(session_id, &sync.fits).await?;
-    join_all(reflectors.into_iter().map(|r| r.stop(Duration::from_secs(5)))).await;
-    let collector = Arc::try_unwrap(collector).map_err(|_| anyhow::anyhow!("collector still shared"))?;
+    join_all(
+        reflectors
+            .into_iter()
+            .map(|r| r.stop(Duration::from_secs(5))),
+    )
+    .await;
+    let collector =
+        Arc::try_unwrap(collector).map_err(|_| anyhow::anyhow!("collector still shared"))?;
     let collected = collector.finish().await?;
-    let status = if interrupted { "interrupted" } else { "completed" };
+    let status = if interrupted {
+        "interrupted"
+    } else {
+        "completed"
+    };
     store.end_session(session_id, status).await?;
     store.close().await;
     let c = &collected.counters;
@@ -355,10 +468,15 @@ fn progress_line(
     )];
     for (h, c) in &now.hosts {
         let before = last.hosts.get(h).map(|c| c.records).unwrap_or(0);
-        let rate = (c.records - before.min(c.records)) as f64 / now.at.duration_since(last.at).as_secs_f64().max(1e-3);
+        let rate = (c.records - before.min(c.records)) as f64
+            / now.at.duration_since(last.at).as_secs_f64().max(1e-3);
         parts.push(format!("{h} {rate:.0}/s drops {}", c.drops()));
     }
-    let worst = sync.latest.values().map(|f| f.error_bound_ns).fold(0.0, f64::max);
+    let worst = sync
+        .latest
+        .values()
+        .map(|f| f.error_bound_ns)
+        .fold(0.0, f64::max);
     parts.push(format!("sync ±{:.1}µs", worst / 1e3));
     parts.join(" | ")
 }
@@ -378,7 +496,11 @@ fn fail_domain(recap: &mut Recap, d: &session::Domain, why: &str) {
 }
 
 fn domain_address(domains: &[session::Domain], name: &str) -> String {
-    domains.iter().find(|d| d.name == name).map(|d| d.address.clone()).unwrap_or_default()
+    domains
+        .iter()
+        .find(|d| d.name == name)
+        .map(|d| d.address.clone())
+        .unwrap_or_default()
 }
 
 /// The kernel host whose observer covers `h` (itself, or a container's ancestor).

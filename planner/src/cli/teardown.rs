@@ -60,7 +60,10 @@ impl Command for Args {
         });
         for c in inv.hosts().filter(|h| h.kind == Kind::Container) {
             let parent = c.parent.clone().unwrap_or_default();
-            recap.set(&c.name, HostOutcome::Skipped(format!("cleaned with {parent}")));
+            recap.set(
+                &c.name,
+                HostOutcome::Skipped(format!("cleaned with {parent}")),
+            );
         }
         print_out(&recap.render())?;
         Ok(if recap.failed_hosts().is_empty() {

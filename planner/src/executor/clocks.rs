@@ -189,7 +189,12 @@ impl Prober {
             let _ = BufReader::new(stderr).read_to_string(&mut err).await;
             err
         });
-        Ok(Prober { child, state, changed, reader })
+        Ok(Prober {
+            child,
+            state,
+            changed,
+            reader,
+        })
     }
 
     /// Waits until every domain has a fit whose error bound is within `bound_ns`, or `limit`

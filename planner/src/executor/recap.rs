@@ -101,7 +101,11 @@ impl Recap {
                 Outcome::Changed(what) => what.join(", "),
                 Outcome::Failed(r) | Outcome::Unreachable(r) | Outcome::Skipped(r) => r.clone(),
             };
-            t.add_row([Cell::new(h), Cell::new(o.word()).fg(color), Cell::new(detail)]);
+            t.add_row([
+                Cell::new(h),
+                Cell::new(o.word()).fg(color),
+                Cell::new(detail),
+            ]);
         }
         format!(
             "{t}\nrecap: ok={} changed={} failed={} unreachable={} skipped={}",
@@ -126,7 +130,10 @@ mod tests {
         r.set("a", Outcome::Ok);
         assert_eq!(
             r.get("a"),
-            Some(&Outcome::Changed(vec!["bin/observer".into(), "bin/timesync".into()]))
+            Some(&Outcome::Changed(vec![
+                "bin/observer".into(),
+                "bin/timesync".into()
+            ]))
         );
         r.set("b", Outcome::Unreachable("refused".into()));
         r.set("b", Outcome::Ok);
@@ -134,6 +141,9 @@ mod tests {
         assert_eq!(r.failed_hosts(), vec!["b"]);
         assert_eq!(r.healthy().collect::<Vec<_>>(), vec!["a"]);
         let text = r.render();
-        assert!(text.contains("recap: ok=0 changed=1 failed=0 unreachable=1 skipped=0"), "{text}");
+        assert!(
+            text.contains("recap: ok=0 changed=1 failed=0 unreachable=1 skipped=0"),
+            "{text}"
+        );
     }
 }

@@ -108,7 +108,10 @@ impl Layout {
 /// A session's name: sortable, unique enough to never collide between runs.
 pub fn new_session_name() -> String {
     let stamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let compact: String = stamp.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let compact: String = stamp
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
     format!("{compact}-{}", &random_hex(4))
 }
 
@@ -222,7 +225,11 @@ mod tests {
         let names = kernel_host_names(&inv);
         assert!(!names.contains(&"ct1".to_string()));
         let d = domains(&inv, &names);
-        assert_eq!(d.len(), 4, "the lab declares one domain per kernel host: {d:?}");
+        assert_eq!(
+            d.len(),
+            4,
+            "the lab declares one domain per kernel host: {d:?}"
+        );
         let m1 = d.iter().find(|d| d.name == "metal1").unwrap();
         assert_eq!(m1.reflector, "metal1");
         assert_eq!(m1.address, "10.77.0.11");
@@ -240,8 +247,13 @@ mod tests {
 
     #[test]
     fn scripts_quote_paths_and_keep_everything_under_install_dir() {
-        let l = Layout { install_dir: "/var/lib/latplan x".into() };
-        assert!(l.observer_command("s").contains("'/var/lib/latplan x/bin/observer' run"));
+        let l = Layout {
+            install_dir: "/var/lib/latplan x".into(),
+        };
+        assert!(
+            l.observer_command("s")
+                .contains("'/var/lib/latplan x/bin/observer' run")
+        );
         let t = l.teardown_command();
         assert!(t.starts_with("d='/var/lib/latplan x'"));
         assert!(t.contains("rm -rf -- \"$d\""));

@@ -2,3 +2,4 @@
 //! They run the real binary over real SSH; they need root, the lab, and the static observer in
 //! the artifacts directory. They hold the lab lock and restore everything they break.
 mod check;
+mod transport;

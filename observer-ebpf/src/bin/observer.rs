@@ -501,6 +501,19 @@ mod programs {
         TC_ACT_PIPE
     }
 
+    // ---- dev_recv, alternative: TC ingress (TCX), where XDP is unwanted or unavailable ----
+
+    /// Same samples as `lp_xdp_dev_recv`, a little later (after GRO, in __netif_receive_skb_core):
+    /// on veths native XDP switches the device to its NAPI path, which costs more throughput
+    /// than the program itself.
+    #[classifier]
+    pub fn lp_tc_dev_recv(ctx: TcContext) -> i32 {
+        let skb = unsafe { &*ctx.skb.skb };
+        let b = SkbBytes(&ctx.skb);
+        on_interface(&b, 14, skb.protocol as u16, skb.ifindex, Layer::DevRecv, |_| false);
+        TC_ACT_PIPE
+    }
+
     /// Whether a segment starting at `seq` was sent before (seq < snd_nxt): TCP advances snd_nxt
     /// only after a new segment has been handed down, so on the transmit path a first
     /// transmission has seq == snd_nxt and a retransmission seq < snd_nxt.

@@ -13,6 +13,9 @@ fn xdp_and_tc_count_a_pings_packets_exactly() {
             "wan0",
             "--layers",
             "dev_send,dev_recv",
+            // dev_recv would default to TCX ingress on a veth; this test is about XDP.
+            "--xdp-mode",
+            "native",
             "--stats-interval",
             "1",
         ],

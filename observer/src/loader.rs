@@ -148,6 +148,23 @@ pub fn register_interface(ebpf: &mut Ebpf, ifindex: u32, slot: u32) -> Result<()
     Ok(())
 }
 
+/// Attaches dev_recv to an interface in `mode` ("native"; "generic"; "tc" = TCX ingress;
+/// "auto" = TCX ingress on virtual devices, native XDP else, generic XDP as the fallback);
+/// returns the mode that worked.
+///
+/// Why "auto" avoids XDP on virtual devices: native XDP on a veth moves the device onto its NAPI
+/// path, which costs far more throughput than the program (measured in BENCHMARKS.md), and
+/// generic XDP linearises GRO super-packets; TCX ingress sees the same bytes a few hundred
+/// nanoseconds later at no such cost.
+pub fn attach_ingress(ebpf: &mut Ebpf, iface: &str, mode: &str) -> Result<String> {
+    let virtual_dev = !std::path::Path::new(&format!("/sys/class/net/{iface}/device")).exists();
+    if mode == "tc" || (mode == "auto" && virtual_dev) {
+        attach_tc(ebpf, iface, "lp_tc_dev_recv", TcAttachType::Ingress)?;
+        return Ok("tc".into());
+    }
+    attach_xdp(ebpf, iface, mode)
+}
+
 /// Attaches dev_recv (XDP) to an interface; returns the mode that worked.
 pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: &str) -> Result<String> {
     let prog: &mut Xdp = program(ebpf, "lp_xdp_dev_recv")?.try_into()?;
@@ -198,16 +215,16 @@ pub fn attach_tc_ingress(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
 
 /// Attaches dev_send (TCX egress) to an interface.
 pub fn attach_tc_egress(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
-    let prog: &mut SchedClassifier = program(ebpf, "lp_tc_dev_send")?.try_into()?;
+    attach_tc(ebpf, iface, "lp_tc_dev_send", TcAttachType::Egress)
+}
+
+fn attach_tc(ebpf: &mut Ebpf, iface: &str, name: &str, dir: TcAttachType) -> Result<()> {
+    let prog: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
     if prog.fd().is_err() {
         prog.load().context("the kernel refused the TC program")?;
     }
-    prog.attach_with_options(
-        iface,
-        TcAttachType::Egress,
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    )
-    .with_context(|| format!("failed to attach TCX egress to {iface}"))?;
+    prog.attach_with_options(iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| format!("failed to attach TCX {dir:?} to {iface}"))?;
     Ok(())
 }
 

@@ -307,7 +307,7 @@ impl Wls {
         let xbar = w.iter().zip(&x).map(|(w, x)| w * x).sum::<f64>() / sw;
         let ybar = w.iter().zip(pts).map(|(w, p)| w * p.theta).sum::<f64>() / sw;
         let sxx: f64 = w.iter().zip(&x).map(|(w, x)| w * (x - xbar).powi(2)).sum();
-        if !(sxx > 0.0) {
+        if sxx.is_nan() || sxx <= 0.0 {
             return None;
         }
         let sxy: f64 = w

@@ -4,7 +4,9 @@
 //! add `mod NAME;` and one line to the `subcommands!` list below. Subcommands return
 //! `anyhow::Result<Outcome>`; `main` is the only place errors and outcomes become exit codes.
 mod check;
+mod import;
 mod inventory;
+mod plan;
 pub mod report;
 
 use std::ffi::OsString;
@@ -88,8 +90,12 @@ macro_rules! subcommands {
 subcommands! {
     /// Preflight every host: reachability, kernel, BTF, sudo, disk, interfaces, and real attach tests.
     Check(check::Args),
+    /// Convert the original tool's configuration directory into an inventory.
+    Import(import::Args),
     /// Inspect an inventory: print it resolved (inheritance applied, validated).
     Inventory(inventory::Args),
+    /// Show each host's plan and what it would change (ok/changed); changes nothing.
+    Plan(plan::Args),
     /// Analyse a stored session: the latency breakdown as a table, JSON, CSV or HTML.
     Report(report::Args),
 }

@@ -72,3 +72,83 @@ pub struct SamplingConfig {
 }
 
 const _: () = assert!(core::mem::size_of::<SamplingConfig>() == 48);
+
+/// Byte offsets of the kernel struct fields the observer's tracing programs read, resolved by
+/// user space from the running kernel's BTF (`/sys/kernel/btf/vmlinux`) at load time.
+///
+/// Rust eBPF has no CO-RE relocations, so these are passed in (one entry of an array map) instead
+/// of being compiled in from one kernel's headers. Each field is the offset from the start of the
+/// named struct; `u16` header offsets of `sk_buff` are offsets from `sk_buff.head`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KernelOffsets {
+    pub skb_head: u32,
+    pub skb_data: u32,
+    pub skb_len: u32,
+    /// `sk_buff.network_header` (u16, offset from head).
+    pub skb_network_header: u32,
+    /// `sk_buff.transport_header` (u16, offset from head).
+    pub skb_transport_header: u32,
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    pub dev_ifindex: u32,
+    /// `net_device.nd_net` (a `possible_net_t` whose first field is the `struct net *`).
+    pub dev_nd_net: u32,
+    /// Offset of the netns inode number inside `struct net` (`net.ns.inum`).
+    pub net_inum: u32,
+    /// `sock.__sk_common.skc_net`.
+    pub sk_net: u32,
+    pub sk_family: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    /// `skc_dport` (network byte order).
+    pub sk_dport: u32,
+    /// `skc_num` (local port, host byte order).
+    pub sk_num: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub tp_write_seq: u32,
+    pub tp_copied_seq: u32,
+    pub tp_rcv_nxt: u32,
+    pub tp_snd_nxt: u32,
+    /// `sock.sk_protocol` (u16).
+    pub sk_protocol: u32,
+    pub reserved: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
+
+/// Global settings of one observer run (one entry of an array map next to [`SamplingConfig`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ObserverGlobals {
+    /// Inode of the observer's own network namespace, stamped on interface-layer records.
+    pub own_netns: u32,
+    /// Test/benchmark mode: emit one record per UDP packet seen on an interface program
+    /// (seq 0, len = payload), to exercise the record path at packet rate. 0 in normal runs.
+    pub sample_udp: u32,
+    /// log2 of the sampling size (`SamplingConfig::sample_mask + 1`), 0..=32.
+    pub sample_shift: u32,
+    pub reserved: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ObserverGlobals>() == 16);
+
+/// Per-interface packet counters (all packets, and ICMP/ICMPv6 ones), kept per CPU in an array
+/// indexed by the slot user space assigned to the interface.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IfaceCounters {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_icmp: u64,
+    pub tx_icmp: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<IfaceCounters>() == 32);
+
+/// Maximum number of interfaces one observer attaches to.
+pub const MAX_IFACES: u32 = 64;
+/// Maximum number of sample points one program run emits for one packet or call; more are
+/// counted and flagged [`SAMPLE_FLAG_TRUNCATED`].
+pub const MAX_POINTS_PER_RUN: u32 = 32;

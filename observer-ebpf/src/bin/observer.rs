@@ -1,35 +1,860 @@
-//! The observer's kernel programs.
+//! The observer's kernel programs: one per layer of DESIGN.md §6, all sampling the same bytes.
+//!
+//! Every program reduces what it sees to "a TCP byte range [seq, seq+len) of flow K, observed at
+//! time T at layer L" and hands it to `emit_range`, which emits one record per sample point in
+//! the range (a byte whose sequence number is a multiple of the sampling size). Because the choice
+//! depends on sequence numbers only, every layer on every host picks the same bytes (§7).
+//! Which kernel function each program sits in, and why, is in docs/observer.md.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        bindings::{TC_ACT_PIPE, xdp_action},
-        macros::{classifier, map, xdp},
-        maps::PerCpuArray,
-        programs::{TcContext, XdpContext},
+        bindings::{BPF_RB_NO_WAKEUP, TC_ACT_PIPE, xdp_action},
+        helpers::{bpf_get_smp_processor_id, bpf_probe_read_kernel, bpf_skc_to_tcp_sock},
+        macros::{cgroup_skb, classifier, map, raw_tracepoint, xdp},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+        programs::{RawTracePointContext, SkBuffContext, TcContext, XdpContext},
     };
+    use latplan_common::{
+        Layer,
+        kernel::{
+            IfaceCounters, KernelOffsets, LayerCounters, MAX_IFACES, MAX_POINTS_PER_RUN, MAX_PORTS,
+            ObserverGlobals, SAMPLE_FLAG_RETRANSMIT, SAMPLE_FLAG_TRUNCATED, SampleEvent,
+            SamplingConfig,
+        },
+    };
+    use observer_ebpf::clock_ns;
+
+    // ---- maps (names start with lp_ so `observer cleanup` recognises them) ----
 
     #[map]
-    static LP_PKT_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+    static LP_CONFIG: Array<SamplingConfig> = Array::with_max_entries(1, 0);
+    #[map]
+    static LP_GLOBALS: Array<ObserverGlobals> = Array::with_max_entries(1, 0);
+    #[map]
+    static LP_OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
+    /// Network namespaces (inode) whose sockets and packets this observer records.
+    #[map]
+    static LP_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
+    /// Interfaces this observer is attached to: ifindex → counter slot.
+    #[map]
+    static LP_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IFACES, 0);
+    #[map]
+    static LP_IFCOUNT: PerCpuArray<IfaceCounters> = PerCpuArray::with_max_entries(MAX_IFACES, 0);
+    #[map]
+    static LP_COUNTERS: PerCpuArray<LayerCounters> =
+        PerCpuArray::with_max_entries(Layer::SLOTS as u32, 0);
+    #[map]
+    static LP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+    /// Entry time of the send-type syscall a thread is in (pid_tgid → ns).
+    #[map]
+    static LP_SEND_ENTRY: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+    /// Receive queue tail last seen per socket (sk address → rcv_nxt), for sock_queue ranges.
+    #[map]
+    static LP_RCV_TAIL: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+    /// Per-flow rate-limit state (see `RateState`).
+    #[map]
+    static LP_RATE: LruHashMap<RateKey, RateState> = LruHashMap::with_max_entries(16384, 0);
 
-    fn bump(i: u32) {
-        if let Some(c) = LP_PKT_COUNT.get_ptr_mut(i) {
-            unsafe { *c += 1 };
+    // ---- the flow and its byte range ----
+
+    /// A TCP byte range of a flow, normalised to the data direction (`saddr:sport` sends).
+    struct Range {
+        saddr: [u8; 16],
+        daddr: [u8; 16],
+        sport: u16,
+        dport: u16,
+        seq: u32,
+        len: u32,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct RateKey {
+        saddr: [u8; 16],
+        daddr: [u8; 16],
+        sport: u16,
+        dport: u16,
+        layer: u32,
+    }
+
+    /// Rate-limit state of one flow at one layer (see `rate_mask`).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct RateState {
+        last_ns: u64,
+        level: u32,
+        _pad: u32,
+    }
+
+    #[inline(always)]
+    fn counters(layer: Layer) -> Option<&'static mut LayerCounters> {
+        LP_COUNTERS
+            .get_ptr_mut(layer.index() as u32)
+            .map(|p| unsafe { &mut *p })
+    }
+
+    #[inline(always)]
+    fn config() -> Option<&'static SamplingConfig> {
+        LP_CONFIG.get(0)
+    }
+
+    #[inline(always)]
+    fn offsets() -> Option<&'static KernelOffsets> {
+        LP_OFFSETS.get(0)
+    }
+
+    #[inline(always)]
+    fn port_match(cfg: &SamplingConfig, sport: u16, dport: u16) -> bool {
+        let n = cfg.port_count as usize;
+        if n == 0 {
+            return true;
+        }
+        let mut i = 0;
+        while i < MAX_PORTS {
+            if i >= n {
+                break;
+            }
+            let p = cfg.ports[i];
+            if p == sport || p == dport {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// Emits one record per sample point in `r` (at most MAX_POINTS_PER_RUN), counting as it goes.
+    ///
+    /// Written for the verifier: the number of points is computed up front, the loop body has no
+    /// map operations and no data-dependent exits besides the bound, and the rate limit is decided
+    /// once per call (as a coarser mask), so verification cost grows linearly with the bound.
+    #[inline(always)]
+    fn emit_range(layer: Layer, r: &Range, ts: u64, ifindex: u32, netns: u32, flags: u8) {
+        let Some(cfg) = config() else { return };
+        let Some(g) = globals() else { return };
+        if !port_match(cfg, r.sport, r.dport) {
+            return;
+        }
+        let Some(c) = counters(layer) else { return };
+        c.seen += 1;
+        if r.len == 0 {
+            return;
+        }
+        let mask = cfg.sample_mask;
+        let shift = g.sample_shift & 63;
+        // First sample point at or after seq (mod 2^32), then every 2^shift bytes.
+        let first = r.seq.wrapping_add(mask) & !mask;
+        let off = first.wrapping_sub(r.seq);
+        if off >= r.len {
+            return;
+        }
+        let total = (((r.len - 1 - off) as u64) >> shift) + 1;
+        c.sampled += total;
+        let n = if total > MAX_POINTS_PER_RUN as u64 {
+            MAX_POINTS_PER_RUN
+        } else {
+            total as u32
+        };
+        let keep_mask = rate_mask(cfg, g, layer, r, ts);
+        let mut ev = SampleEvent {
+            ts_ns: ts,
+            saddr: r.saddr,
+            daddr: r.daddr,
+            sport: r.sport,
+            dport: r.dport,
+            seq: 0,
+            len: r.len,
+            ifindex,
+            netns,
+            cpu: unsafe { bpf_get_smp_processor_id() } as u16,
+            layer: layer as u8,
+            flags,
+        };
+        let mut i: u32 = 0;
+        while i < MAX_POINTS_PER_RUN {
+            if i >= n {
+                break;
+            }
+            let seq = first.wrapping_add(((i as u64) << shift) as u32);
+            if seq & keep_mask != 0 {
+                c.rate_limited += 1;
+            } else {
+                ev.seq = seq;
+                ev.flags = if total > n as u64 && i + 1 == n {
+                    flags | SAMPLE_FLAG_TRUNCATED
+                } else {
+                    flags
+                };
+                if LP_EVENTS
+                    .output::<SampleEvent>(&ev, BPF_RB_NO_WAKEUP as u64)
+                    .is_err()
+                {
+                    c.ringbuf_full += 1;
+                }
+            }
+            i += 1;
         }
     }
 
+    /// The per-flow rate limit as a mask: a point is kept when `seq & mask == 0`.
+    ///
+    /// Nested levels: at level l the flow keeps one point in 2^l, namely those whose index
+    /// (`seq >> log2(size)`) has l trailing zero bits. The point sets nest (level l+1 ⊂ level l),
+    /// so layers or hosts that happen to run at different levels still agree on every point the
+    /// coarser one keeps. The level rises while kept points come faster than `min_interval_ns`
+    /// and falls when they come 4× slower.
+    #[inline(always)]
+    fn rate_mask(
+        cfg: &SamplingConfig,
+        g: &ObserverGlobals,
+        layer: Layer,
+        r: &Range,
+        ts: u64,
+    ) -> u32 {
+        let mask = cfg.sample_mask;
+        if cfg.min_interval_ns == 0 {
+            return mask;
+        }
+        let key = RateKey {
+            saddr: r.saddr,
+            daddr: r.daddr,
+            sport: r.sport,
+            dport: r.dport,
+            layer: layer as u32,
+        };
+        let Some(st) = LP_RATE.get_ptr_mut(&key) else {
+            let _ = LP_RATE.insert(
+                &key,
+                &RateState {
+                    last_ns: ts,
+                    level: 0,
+                    _pad: 0,
+                },
+                0,
+            );
+            return mask;
+        };
+        let st = unsafe { &mut *st };
+        let gap = ts.wrapping_sub(st.last_ns);
+        let max_level = 32u32.saturating_sub(g.sample_shift);
+        if gap < cfg.min_interval_ns {
+            if st.level < max_level {
+                st.level += 1;
+            }
+        } else if gap > 4 * cfg.min_interval_ns && st.level > 0 {
+            st.level -= 1;
+        }
+        st.last_ns = ts;
+        let bits = (g.sample_shift + (st.level & 31)) & 63;
+        if bits >= 32 {
+            u32::MAX
+        } else {
+            ((1u64 << bits) - 1) as u32
+        }
+    }
+
+    // ---- header parsing, shared by every program through a byte reader ----
+
+    trait Bytes {
+        fn read<T: Copy>(&self, off: u32) -> Option<T>;
+    }
+
+    struct XdpBytes<'a>(&'a XdpContext);
+    impl Bytes for XdpBytes<'_> {
+        #[inline(always)]
+        fn read<T: Copy>(&self, off: u32) -> Option<T> {
+            let start = self.0.data();
+            let end = self.0.data_end();
+            let p = start + off as usize;
+            if p + core::mem::size_of::<T>() > end {
+                return None;
+            }
+            Some(unsafe { core::ptr::read_unaligned(p as *const T) })
+        }
+    }
+
+    struct SkbBytes<'a>(&'a aya_ebpf::programs::sk_buff::SkBuff);
+    impl Bytes for SkbBytes<'_> {
+        #[inline(always)]
+        fn read<T: Copy>(&self, off: u32) -> Option<T> {
+            self.0.load::<T>(off as usize).ok()
+        }
+    }
+
+    /// Kernel memory at `base` (a network header inside an skb's buffer).
+    struct KernelBytes(u64);
+    impl Bytes for KernelBytes {
+        #[inline(always)]
+        fn read<T: Copy>(&self, off: u32) -> Option<T> {
+            unsafe { bpf_probe_read_kernel((self.0 + off as u64) as *const T).ok() }
+        }
+    }
+
+    const IPPROTO_TCP: u8 = 6;
+    const IPPROTO_UDP: u8 = 17;
+    const IPPROTO_ICMP: u8 = 1;
+    const IPPROTO_ICMPV6: u8 = 58;
+
+    enum L4 {
+        Tcp(Range),
+        Udp(Range),
+        Icmp,
+        Other,
+    }
+
+    /// Parses an IPv4/IPv6 packet starting at `l3` whose EtherType (network order) is `proto`.
+    /// Lengths come from the IP header, not from the buffer, so a GSO super-packet or a
+    /// multi-buffer XDP frame still yields its whole byte range.
+    #[inline(always)]
+    fn parse_ip<B: Bytes>(b: &B, l3: u32, proto: u16) -> Option<L4> {
+        let mut saddr = [0u8; 16];
+        let mut daddr = [0u8; 16];
+        let (l4, l4_len, next) = if proto == 0x0800u16.to_be() {
+            let vihl: u8 = b.read(l3)?;
+            if vihl >> 4 != 4 {
+                return Some(L4::Other);
+            }
+            let ihl = ((vihl & 0x0f) as u32) * 4;
+            let tot: u16 = b.read(l3 + 2)?;
+            let frag: u16 = b.read(l3 + 6)?;
+            // Only first fragments (offset 0) carry the transport header.
+            if u16::from_be(frag) & 0x1fff != 0 {
+                return Some(L4::Other);
+            }
+            let p: u8 = b.read(l3 + 9)?;
+            let s: [u8; 4] = b.read(l3 + 12)?;
+            let d: [u8; 4] = b.read(l3 + 16)?;
+            saddr[10] = 0xff;
+            saddr[11] = 0xff;
+            daddr[10] = 0xff;
+            daddr[11] = 0xff;
+            saddr[12..16].copy_from_slice(&s);
+            daddr[12..16].copy_from_slice(&d);
+            let tot = u16::from_be(tot) as u32;
+            // TSO super-packets built by TCP may carry tot_len 0 above 64 KiB; treat as unknown.
+            (l3 + ihl, tot.saturating_sub(ihl), p)
+        } else if proto == 0x86ddu16.to_be() {
+            let v: u8 = b.read(l3)?;
+            if v >> 4 != 6 {
+                return Some(L4::Other);
+            }
+            let plen: u16 = b.read(l3 + 4)?;
+            let p: u8 = b.read(l3 + 6)?;
+            saddr = b.read(l3 + 8)?;
+            daddr = b.read(l3 + 24)?;
+            (l3 + 40, u16::from_be(plen) as u32, p)
+        } else {
+            return Some(L4::Other);
+        };
+        match next {
+            IPPROTO_TCP => {
+                let ports: [u16; 2] = b.read(l4)?;
+                let seq: u32 = b.read(l4 + 4)?;
+                let doff: u8 = b.read(l4 + 12)?;
+                let hdr = ((doff >> 4) as u32) * 4;
+                Some(L4::Tcp(Range {
+                    saddr,
+                    daddr,
+                    sport: u16::from_be(ports[0]),
+                    dport: u16::from_be(ports[1]),
+                    seq: u32::from_be(seq),
+                    len: l4_len.saturating_sub(hdr),
+                }))
+            }
+            IPPROTO_UDP => {
+                let ports: [u16; 2] = b.read(l4)?;
+                Some(L4::Udp(Range {
+                    saddr,
+                    daddr,
+                    sport: u16::from_be(ports[0]),
+                    dport: u16::from_be(ports[1]),
+                    seq: 0,
+                    len: l4_len.saturating_sub(8),
+                }))
+            }
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => Some(L4::Icmp),
+            _ => Some(L4::Other),
+        }
+    }
+
+    #[inline(always)]
+    fn globals() -> Option<&'static ObserverGlobals> {
+        LP_GLOBALS.get(0)
+    }
+
+    /// The interface programs' common body: count, parse, sample.
+    #[inline(always)]
+    fn on_interface<B: Bytes>(
+        b: &B,
+        l3: u32,
+        proto: u16,
+        ifindex: u32,
+        layer: Layer,
+        retransmit: impl Fn(u32) -> bool,
+    ) {
+        let ts = clock_ns();
+        let Some(g) = globals() else { return };
+        let slot = unsafe { LP_IFACES.get(&ifindex) }
+            .copied()
+            .unwrap_or(u32::MAX);
+        let ifc = LP_IFCOUNT.get_ptr_mut(slot);
+        let rx = layer == Layer::DevRecv;
+        if let Some(ifc) = ifc {
+            let ifc = unsafe { &mut *ifc };
+            if rx {
+                ifc.rx_packets += 1;
+            } else {
+                ifc.tx_packets += 1;
+            }
+        }
+        match parse_ip(b, l3, proto) {
+            Some(L4::Tcp(r)) => {
+                let flags = if r.len > 0 && retransmit(r.seq) {
+                    SAMPLE_FLAG_RETRANSMIT
+                } else {
+                    0
+                };
+                emit_range(layer, &r, ts, ifindex, g.own_netns, flags)
+            }
+            Some(L4::Udp(r)) if g.sample_udp != 0 => emit_udp(layer, &r, ts, ifindex, g.own_netns),
+            Some(L4::Icmp) => {
+                if let Some(ifc) = ifc {
+                    let ifc = unsafe { &mut *ifc };
+                    if rx {
+                        ifc.rx_icmp += 1;
+                    } else {
+                        ifc.tx_icmp += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Benchmark mode: one record per UDP packet (no sequence space to sample from).
+    #[inline(always)]
+    fn emit_udp(layer: Layer, r: &Range, ts: u64, ifindex: u32, netns: u32) {
+        let Some(c) = counters(layer) else { return };
+        c.seen += 1;
+        c.sampled += 1;
+        let ev = SampleEvent {
+            ts_ns: ts,
+            saddr: r.saddr,
+            daddr: r.daddr,
+            sport: r.sport,
+            dport: r.dport,
+            seq: 0,
+            len: r.len,
+            ifindex,
+            netns,
+            cpu: unsafe { bpf_get_smp_processor_id() } as u16,
+            layer: layer as u8,
+            flags: 0,
+        };
+        if LP_EVENTS
+            .output::<SampleEvent>(&ev, BPF_RB_NO_WAKEUP as u64)
+            .is_err()
+        {
+            c.ringbuf_full += 1;
+        }
+    }
+
+    // ---- dev_recv: XDP on each named interface ----
+
     #[xdp]
-    pub fn lp_xdp_count(_ctx: XdpContext) -> u32 {
-        bump(0);
+    pub fn lp_xdp_dev_recv(ctx: XdpContext) -> u32 {
+        let b = XdpBytes(&ctx);
+        let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+        // Ethernet, with up to one VLAN tag.
+        let Some(mut proto) = b.read::<u16>(12) else {
+            return xdp_action::XDP_PASS;
+        };
+        let mut l3 = 14;
+        if proto == 0x8100u16.to_be() {
+            let Some(p) = b.read::<u16>(16) else {
+                return xdp_action::XDP_PASS;
+            };
+            proto = p;
+            l3 = 18;
+        }
+        on_interface(&b, l3, proto, ifindex, Layer::DevRecv, |_| false);
         xdp_action::XDP_PASS
     }
 
+    // ---- dev_send: TC egress (TCX) on each named interface ----
+
     #[classifier]
-    pub fn lp_tc_count(_ctx: TcContext) -> i32 {
-        bump(1);
+    pub fn lp_tc_dev_send(ctx: TcContext) -> i32 {
+        let skb = unsafe { &*ctx.skb.skb };
+        let ifindex = skb.ifindex;
+        let proto = skb.protocol as u16;
+        let sk = unsafe { skb.__bindgen_anon_2.sk } as u64;
+        let b = SkbBytes(&ctx.skb);
+        // TC sees the frame from the MAC header; assume Ethernet (what veths and NICs give).
+        let l3 = 14;
+        on_interface(&b, l3, proto, ifindex, Layer::DevSend, |seq| {
+            sk_retransmit(sk, seq)
+        });
         TC_ACT_PIPE
+    }
+
+    /// Whether a segment starting at `seq` was sent before (seq < snd_nxt): TCP advances snd_nxt
+    /// only after a new segment has been handed down, so on the transmit path a first
+    /// transmission has seq == snd_nxt and a retransmission seq < snd_nxt.
+    #[inline(always)]
+    fn sk_retransmit(sk: u64, seq: u32) -> bool {
+        if sk == 0 {
+            return false;
+        }
+        let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
+        if tp == 0 {
+            return false;
+        }
+        let Some(o) = offsets() else { return false };
+        let Some(snd_nxt) = read_k::<u32>(tp, o.tp_snd_nxt) else {
+            return false;
+        };
+        (seq.wrapping_sub(snd_nxt) as i32) < 0
+    }
+
+    #[inline(always)]
+    fn read_k<T: Copy>(base: u64, off: u32) -> Option<T> {
+        unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+    }
+
+    // ---- tcp_send + ip_send: cgroup_skb egress on the root cgroup (ip_finish_output) ----
+
+    #[cgroup_skb]
+    pub fn lp_cg_ip_send(ctx: SkBuffContext) -> i32 {
+        let now = clock_ns();
+        let skb = unsafe { &*ctx.skb.skb };
+        let sk = unsafe { skb.__bindgen_anon_2.sk } as u64;
+        if sk == 0 {
+            return 1;
+        }
+        let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
+        if tp == 0 {
+            return 1;
+        }
+        let Some(o) = offsets() else { return 1 };
+        let Some(netns) = sock_netns(tp, o) else {
+            return 1;
+        };
+        let b = SkbBytes(&ctx.skb);
+        // cgroup_skb data starts at the network header.
+        let Some(L4::Tcp(r)) = parse_ip(&b, 0, skb.protocol as u16) else {
+            return 1;
+        };
+        let flags = match read_k::<u32>(tp, o.tp_snd_nxt) {
+            Some(nxt) if r.len > 0 && (r.seq.wrapping_sub(nxt) as i32) < 0 => {
+                SAMPLE_FLAG_RETRANSMIT
+            }
+            _ => 0,
+        };
+        // TCP stamps each segment with its transmit time on this clock (skb->skb_mstamp_ns =
+        // tcp_wstamp_ns, from tcp_clock_ns() when tcp_write_xmit ran); that is tcp_send.
+        // A future stamp means EDT pacing set a departure time, and a realtime stamp is far in
+        // the future on this clock (cgroup_skb cannot read tstamp_type): fall back to now then.
+        let tstamp = skb.tstamp;
+        let tcp_ts = if tstamp != 0 && tstamp <= now && now - tstamp < 1_000_000_000 {
+            tstamp
+        } else {
+            now
+        };
+        emit_range(Layer::TcpSend, &r, tcp_ts, 0, netns, flags);
+        emit_range(Layer::IpSend, &r, now, 0, netns, flags);
+        1
+    }
+
+    /// The socket's network namespace inode, if it is one this observer records.
+    #[inline(always)]
+    fn sock_netns(sk: u64, o: &KernelOffsets) -> Option<u32> {
+        let net: u64 = read_k(sk, o.sk_net)?;
+        let inum: u32 = read_k(net, o.net_inum)?;
+        unsafe { LP_NETNS.get(&inum) }?;
+        Some(inum)
+    }
+
+    #[inline(always)]
+    fn dev_netns(dev: u64, o: &KernelOffsets) -> Option<u32> {
+        let net: u64 = read_k(dev, o.dev_nd_net)?;
+        let inum: u32 = read_k(net, o.net_inum)?;
+        unsafe { LP_NETNS.get(&inum) }?;
+        Some(inum)
+    }
+
+    // ---- dev_xmit: net_dev_start_xmit (after the qdisc, handed to the driver) ----
+
+    #[raw_tracepoint(tracepoint = "net_dev_start_xmit")]
+    pub fn lp_rtp_dev_xmit(ctx: RawTracePointContext) -> i32 {
+        let ts = clock_ns();
+        let skb: u64 = ctx.arg(0);
+        let dev: u64 = ctx.arg(1);
+        let _ = try_skb_layer(Layer::DevXmit, skb, dev, ts, true);
+        0
+    }
+
+    // ---- ip_recv: netif_receive_skb (the stack takes the packet from the device) ----
+
+    #[raw_tracepoint(tracepoint = "netif_receive_skb")]
+    pub fn lp_rtp_ip_recv(ctx: RawTracePointContext) -> i32 {
+        let ts = clock_ns();
+        let skb: u64 = ctx.arg(0);
+        let Some(o) = offsets() else { return 0 };
+        let Some(dev) = read_k::<u64>(skb, o.skb_dev) else {
+            return 0;
+        };
+        let _ = try_skb_layer(Layer::IpRecv, skb, dev, ts, false);
+        0
+    }
+
+    #[inline(always)]
+    fn try_skb_layer(layer: Layer, skb: u64, dev: u64, ts: u64, tx: bool) -> Option<()> {
+        let o = offsets()?;
+        let ifindex: u32 = read_k(dev, o.dev_ifindex)?;
+        if layer.is_interface_layer() {
+            // Interface layers only on the interfaces this observer was told to watch.
+            unsafe { LP_IFACES.get(&ifindex) }?;
+        }
+        let netns = dev_netns(dev, o)?;
+        let head: u64 = read_k(skb, o.skb_head)?;
+        let nh: u16 = read_k(skb, o.skb_network_header)?;
+        let b = KernelBytes(head + nh as u64);
+        let v: u8 = b.read(0)?;
+        let proto = if v >> 4 == 6 {
+            0x86ddu16.to_be()
+        } else {
+            0x0800u16.to_be()
+        };
+        let L4::Tcp(r) = parse_ip(&b, 0, proto)? else {
+            return None;
+        };
+        let mut flags = 0;
+        if tx && r.len > 0 {
+            let sk: u64 = read_k(skb, o.skb_sk)?;
+            if sk != 0 {
+                let num: u16 = read_k(sk, o.sk_num)?;
+                let nxt: u32 = read_k(sk, o.tp_snd_nxt)?;
+                if num == r.sport && (r.seq.wrapping_sub(nxt) as i32) < 0 {
+                    flags = SAMPLE_FLAG_RETRANSMIT;
+                }
+            }
+        }
+        let ifx = if layer.is_interface_layer() {
+            ifindex
+        } else {
+            0
+        };
+        emit_range(layer, &r, ts, ifx, netns, flags);
+        Some(())
+    }
+
+    // ---- tcp_recv: tcp_probe (tcp_rcv_established, segment accepted by an established socket) ----
+
+    #[raw_tracepoint(tracepoint = "tcp_probe")]
+    pub fn lp_rtp_tcp_recv(ctx: RawTracePointContext) -> i32 {
+        let ts = clock_ns();
+        let sk: u64 = ctx.arg(0);
+        let skb: u64 = ctx.arg(1);
+        let _ = try_tcp_recv(sk, skb, ts);
+        0
+    }
+
+    #[inline(always)]
+    fn try_tcp_recv(sk: u64, skb: u64, ts: u64) -> Option<()> {
+        let o = offsets()?;
+        let netns = sock_netns(sk, o)?;
+        let head: u64 = read_k(skb, o.skb_head)?;
+        let nh: u16 = read_k(skb, o.skb_network_header)?;
+        let b = KernelBytes(head + nh as u64);
+        let v: u8 = b.read(0)?;
+        let proto = if v >> 4 == 6 {
+            0x86ddu16.to_be()
+        } else {
+            0x0800u16.to_be()
+        };
+        let L4::Tcp(mut r) = parse_ip(&b, 0, proto)? else {
+            return None;
+        };
+        // Segments queued to a busy socket's backlog are coalesced into one skb whose IP header
+        // still describes the first: take the length from the skb (data starts at the TCP header).
+        let th: u16 = read_k(skb, o.skb_transport_header)?;
+        let doff: u8 = read_k(head + th as u64 + 12, 0)?;
+        let skb_len: u32 = read_k(skb, o.skb_len)?;
+        r.len = skb_len.saturating_sub(((doff >> 4) as u32) * 4);
+        // A segment starting below rcv_nxt is (partly) a duplicate: flag it like a retransmission.
+        let nxt: u32 = read_k(sk, o.tp_rcv_nxt)?;
+        let flags = if r.len > 0 && (r.seq.wrapping_sub(nxt) as i32) < 0 {
+            SAMPLE_FLAG_RETRANSMIT
+        } else {
+            0
+        };
+        emit_range(Layer::TcpRecv, &r, ts, 0, netns, flags);
+        Some(())
+    }
+
+    // ---- socket layers: the flow key from the socket ----
+
+    const AF_INET: u16 = 2;
+    const AF_INET6: u16 = 10;
+
+    /// Reads the socket's (local, remote) addresses and ports; `None` for non-IP sockets.
+    #[inline(always)]
+    fn sock_endpoints(sk: u64, o: &KernelOffsets) -> Option<([u8; 16], u16, [u8; 16], u16)> {
+        let family: u16 = read_k(sk, o.sk_family)?;
+        let protocol: u16 = read_k(sk, o.sk_protocol)?;
+        if protocol != IPPROTO_TCP as u16 {
+            return None;
+        }
+        let mut local = [0u8; 16];
+        let mut remote = [0u8; 16];
+        if family == AF_INET {
+            let l: [u8; 4] = read_k(sk, o.sk_rcv_saddr)?;
+            let r: [u8; 4] = read_k(sk, o.sk_daddr)?;
+            local[10] = 0xff;
+            local[11] = 0xff;
+            remote[10] = 0xff;
+            remote[11] = 0xff;
+            local[12..16].copy_from_slice(&l);
+            remote[12..16].copy_from_slice(&r);
+        } else if family == AF_INET6 {
+            local = read_k(sk, o.sk_v6_rcv_saddr)?;
+            remote = read_k(sk, o.sk_v6_daddr)?;
+        } else {
+            return None;
+        }
+        let lport: u16 = read_k(sk, o.sk_num)?;
+        let rport: u16 = u16::from_be(read_k(sk, o.sk_dport)?);
+        Some((local, lport, remote, rport))
+    }
+
+    // ---- sock_send: entry into a send-type syscall, and the bytes it queued ----
+
+    const SYS_WRITE: u64 = 1;
+    const SYS_WRITEV: u64 = 20;
+    const SYS_SENDTO: u64 = 44;
+    const SYS_SENDMSG: u64 = 46;
+
+    #[raw_tracepoint(tracepoint = "sys_enter")]
+    pub fn lp_rtp_sys_enter(ctx: RawTracePointContext) -> i32 {
+        let id: u64 = ctx.arg(1);
+        if id == SYS_WRITE || id == SYS_WRITEV || id == SYS_SENDTO || id == SYS_SENDMSG {
+            let t = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+            let _ = LP_SEND_ENTRY.insert(&t, &clock_ns(), 0);
+        }
+        0
+    }
+
+    #[raw_tracepoint(tracepoint = "sock_send_length")]
+    pub fn lp_rtp_sock_send(ctx: RawTracePointContext) -> i32 {
+        let sk: u64 = ctx.arg(0);
+        let ret: i32 = ctx.arg::<u64>(1) as i32;
+        let _ = try_sock_send(sk, ret);
+        0
+    }
+
+    #[inline(always)]
+    fn try_sock_send(sk: u64, ret: i32) -> Option<()> {
+        let now = clock_ns();
+        let t = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+        // The syscall may have blocked for buffer space: the bytes were handed over at entry.
+        let entry = unsafe { LP_SEND_ENTRY.get(&t) }.copied();
+        let _ = LP_SEND_ENTRY.remove(&t);
+        if ret <= 0 {
+            return None;
+        }
+        let o = offsets()?;
+        let netns = sock_netns(sk, o)?;
+        let (local, lport, remote, rport) = sock_endpoints(sk, o)?;
+        let write_seq: u32 = read_k(sk, o.tp_write_seq)?;
+        let len = ret as u32;
+        let r = Range {
+            saddr: local,
+            daddr: remote,
+            sport: lport,
+            dport: rport,
+            seq: write_seq.wrapping_sub(len),
+            len,
+        };
+        let ts = match entry {
+            Some(e) if e <= now => e,
+            _ => now,
+        };
+        emit_range(Layer::SockSend, &r, ts, 0, netns, 0);
+        Some(())
+    }
+
+    // ---- sock_queue: data queued on the socket, reader woken ----
+
+    #[raw_tracepoint(tracepoint = "sk_data_ready")]
+    pub fn lp_rtp_sock_queue(ctx: RawTracePointContext) -> i32 {
+        let sk: u64 = ctx.arg(0);
+        let _ = try_sock_queue(sk);
+        0
+    }
+
+    #[inline(always)]
+    fn try_sock_queue(sk: u64) -> Option<()> {
+        let ts = clock_ns();
+        let o = offsets()?;
+        let netns = sock_netns(sk, o)?;
+        let (local, lport, remote, rport) = sock_endpoints(sk, o)?;
+        let nxt: u32 = read_k(sk, o.tp_rcv_nxt)?;
+        // The bytes newly queued since the last wake-up are [previous rcv_nxt, rcv_nxt).
+        let prev = unsafe { LP_RCV_TAIL.get(&sk) }.copied();
+        let _ = LP_RCV_TAIL.insert(&sk, &nxt, 0);
+        let prev = prev?;
+        let len = nxt.wrapping_sub(prev);
+        if len == 0 || len > (1 << 30) {
+            return None;
+        }
+        let r = Range {
+            saddr: remote,
+            daddr: local,
+            sport: rport,
+            dport: lport,
+            seq: prev,
+            len,
+        };
+        emit_range(Layer::SockQueue, &r, ts, 0, netns, 0);
+        Some(())
+    }
+
+    // ---- sock_recv: the application read the bytes ----
+
+    const MSG_PEEK: i32 = 2;
+
+    #[raw_tracepoint(tracepoint = "sock_recv_length")]
+    pub fn lp_rtp_sock_recv(ctx: RawTracePointContext) -> i32 {
+        let sk: u64 = ctx.arg(0);
+        let ret = ctx.arg::<u64>(1) as i32;
+        let flags = ctx.arg::<u64>(2) as i32;
+        if ret > 0 && flags & MSG_PEEK == 0 {
+            let _ = try_sock_recv(sk, ret as u32);
+        }
+        0
+    }
+
+    #[inline(always)]
+    fn try_sock_recv(sk: u64, len: u32) -> Option<()> {
+        let ts = clock_ns();
+        let o = offsets()?;
+        let netns = sock_netns(sk, o)?;
+        let (local, lport, remote, rport) = sock_endpoints(sk, o)?;
+        let copied: u32 = read_k(sk, o.tp_copied_seq)?;
+        let r = Range {
+            saddr: remote,
+            daddr: local,
+            sport: rport,
+            dport: lport,
+            seq: copied.wrapping_sub(len),
+            len,
+        };
+        emit_range(Layer::SockRecv, &r, ts, 0, netns, 0);
+        Some(())
     }
 
     #[panic_handler]

@@ -1,0 +1,196 @@
+//! `observer probe`: which of our hooks load and attach on this host, without recording anything.
+//! The JSON it prints is read by `latplan check`; its schema is documented in docs/observer.md
+//! and only grows (new keys), never changes meaning.
+use crate::btf::Btf;
+use crate::loader::{self, KernelSettings};
+use anyhow::Result;
+use aya::programs::SchedClassifier;
+use aya::programs::tc::TcAttachType;
+use latplan_common::Layer;
+use latplan_common::kernel::{ObserverGlobals, SamplingConfig};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+pub const PROBE_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct Probe {
+    pub schema: u32,
+    pub kernel: String,
+    pub btf: bool,
+    /// Error resolving the kernel struct offsets from BTF, if any.
+    pub btf_error: Option<String>,
+    pub cgroup2: Option<String>,
+    /// Per layer (non-interface layers): whether its programs loaded and attached here.
+    pub layers: BTreeMap<String, Check>,
+    pub interfaces: BTreeMap<String, IfaceProbe>,
+    /// True when every layer and every interface check passed.
+    pub ok: bool,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct Check {
+    pub ok: bool,
+    pub hook: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct IfaceProbe {
+    pub exists: bool,
+    pub ifindex: u32,
+    pub xdp_native: Check,
+    pub xdp_generic: Check,
+    pub tc_egress: Check,
+    /// Programs of others already attached to the interface (XDP, TCX ingress/egress).
+    pub foreign: Vec<Foreign>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Foreign {
+    pub hook: String,
+    pub prog_id: u32,
+    pub name: String,
+}
+
+fn settings() -> KernelSettings {
+    KernelSettings {
+        sampling: SamplingConfig {
+            sample_mask: 0xffff,
+            ..Default::default()
+        },
+        globals: ObserverGlobals {
+            sample_shift: 16,
+            ..Default::default()
+        },
+        netns: vec![],
+    }
+}
+
+fn check(hook: &str, r: Result<()>) -> Check {
+    Check {
+        ok: r.is_ok(),
+        hook: hook.into(),
+        error: r.err().map(|e| format!("{e:#}")),
+    }
+}
+
+pub fn probe(interfaces: &[String]) -> Probe {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().into())
+        .unwrap_or_default();
+    let btf = Btf::from_sys_fs();
+    let mut p = Probe {
+        schema: PROBE_SCHEMA_VERSION,
+        kernel,
+        btf: btf.is_ok(),
+        btf_error: None,
+        cgroup2: loader::cgroup2_root().ok(),
+        layers: BTreeMap::new(),
+        interfaces: BTreeMap::new(),
+        ok: false,
+    };
+    let btf = match btf {
+        Ok(b) => b,
+        Err(e) => {
+            p.btf_error = Some(format!("{e:#}"));
+            return p;
+        }
+    };
+    if let Err(e) = btf.kernel_offsets() {
+        p.btf_error = Some(format!("{e:#}"));
+    }
+    // Each check gets its own freshly loaded object, dropped (detached) right after.
+    for layer in Layer::ALL {
+        if layer.is_interface_layer() && layer != Layer::DevXmit {
+            continue;
+        }
+        let hook = loader::hook_of(layer).1;
+        let r = loader::load(&btf, &settings())
+            .and_then(|mut e| loader::attach_layer(&mut e, layer, &mut Vec::new()));
+        p.layers.insert(layer.name().into(), check(hook, r));
+    }
+    for name in interfaces {
+        let mut ip = IfaceProbe::default();
+        match loader::ifindex(name) {
+            Ok(i) => {
+                ip.exists = true;
+                ip.ifindex = i;
+            }
+            Err(e) => {
+                let c = check("", Err(e));
+                ip.xdp_native = Check {
+                    hook: "xdp native".into(),
+                    ..Check {
+                        ok: false,
+                        hook: String::new(),
+                        error: c.error.clone(),
+                    }
+                };
+                ip.xdp_generic = Check {
+                    hook: "xdp generic".into(),
+                    ok: false,
+                    error: c.error.clone(),
+                };
+                ip.tc_egress = Check {
+                    hook: "tcx egress".into(),
+                    ok: false,
+                    error: c.error,
+                };
+                p.interfaces.insert(name.clone(), ip);
+                continue;
+            }
+        }
+        ip.foreign = foreign(name);
+        let attach = |mode: &'static str| -> Result<()> {
+            let mut e = loader::load(&btf, &settings())?;
+            loader::attach_xdp(&mut e, name, mode).map(|_| ())
+        };
+        ip.xdp_native = check("xdp native", attach("native"));
+        ip.xdp_generic = check("xdp generic", attach("generic"));
+        ip.tc_egress = check(
+            "tcx egress",
+            loader::load(&btf, &settings())
+                .and_then(|mut e| loader::attach_tc_egress(&mut e, name)),
+        );
+        p.interfaces.insert(name.clone(), ip);
+    }
+    p.ok = p.btf_error.is_none()
+        && p.layers.values().all(|c| c.ok)
+        && p.interfaces
+            .values()
+            .all(|i| i.exists && (i.xdp_native.ok || i.xdp_generic.ok) && i.tc_egress.ok);
+    p
+}
+
+/// Programs not ours (name not starting with `lp_`) attached to the interface.
+fn foreign(iface: &str) -> Vec<Foreign> {
+    let mut out = Vec::new();
+    for (hook, t) in [
+        ("tcx ingress", TcAttachType::Ingress),
+        ("tcx egress", TcAttachType::Egress),
+    ] {
+        if let Ok((_, progs)) = SchedClassifier::query_tcx(iface, t) {
+            for p in progs {
+                let name = p.name_as_str().unwrap_or("").to_string();
+                if !name.starts_with("lp_") {
+                    out.push(Foreign {
+                        hook: hook.into(),
+                        prog_id: p.id(),
+                        name,
+                    });
+                }
+            }
+        }
+    }
+    for (id, name) in crate::cleanup::xdp_programs(iface) {
+        if !name.starts_with("lp_") {
+            out.push(Foreign {
+                hook: "xdp".into(),
+                prog_id: id,
+                name,
+            });
+        }
+    }
+    out
+}

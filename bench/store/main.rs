@@ -12,7 +12,10 @@
 //!
 //! Needs MariaDB (root over the unix socket) and Redis at 127.0.0.1:6379, as ci/setup starts them.
 #[path = "../../observer/src/sink/redis.rs"]
-#[allow(dead_code, reason = "the benchmark uses only part of the observer sink's API")]
+#[allow(
+    dead_code,
+    reason = "the benchmark uses only part of the observer sink's API"
+)]
 mod observer_sink;
 
 use std::process::Command;

@@ -185,7 +185,11 @@ impl Store {
                 )
             }
         };
-        let store = Store { pool, url, mysql_writers: 2 };
+        let store = Store {
+            pool,
+            url,
+            mysql_writers: 2,
+        };
         migrate::run(&store).await?;
         Ok(store)
     }

@@ -11,12 +11,8 @@
 //!   every record is committed and acknowledged; zero loss is checked, not assumed.
 //!
 //! Needs MariaDB (root over the unix socket) and Redis at 127.0.0.1:6379, as ci/setup starts them.
-#[path = "../../observer/src/sink/redis.rs"]
-#[allow(
-    dead_code,
-    reason = "the benchmark uses only part of the observer sink's API"
-)]
-mod observer_sink;
+mod sink;
+use sink::redis as observer_sink;
 
 use std::process::Command;
 use std::sync::Arc;

@@ -1,7 +1,10 @@
 //! The observer's sink module as the observer crate has it: its `Sink` trait (mirrored from
 //! observer/src/sink/mod.rs, same signatures) and the Redis sink file itself, compiled here so the
 //! benchmark exercise the observer's own code.
-#[allow(dead_code, reason = "the benchmark ships through RedisSink, not the trait")]
+#[allow(
+    dead_code,
+    reason = "the benchmark ships through RedisSink, not the trait"
+)]
 pub trait Sink: Send {
     fn write_frame(&mut self, frame: &[u8]) -> anyhow::Result<()>;
     fn flush(&mut self) -> anyhow::Result<()>;

@@ -50,7 +50,7 @@ pub fn hook_of(layer: Layer) -> (&'static [&'static str], &'static str) {
         Layer::DevXmit => (&["lp_rtp_dev_xmit"], "raw_tp:net_dev_start_xmit"),
         Layer::DevRecv => (
             &["lp_xdp_dev_recv"],
-            "xdp per interface (tcx/ingress where another XDP program holds it)",
+            "xdp per interface; tcx/ingress on virtual devices and where another XDP program holds it",
         ),
         Layer::IpRecv => (&["lp_rtp_ip_recv"], "raw_tp:netif_receive_skb"),
         Layer::TcpRecv => (&["lp_rtp_tcp_recv"], "raw_tp:tcp_probe"),
@@ -186,7 +186,7 @@ pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: &str) -> Result<String> {
         // Another XDP program holds the interface (one per interface; we never replace it):
         // observe at TC ingress instead, where links coexist.
         Err(e) if mode == "auto" && is_busy(&e) => {
-            attach_tc_ingress(ebpf, iface)?;
+            attach_tc(ebpf, iface, "lp_tc_dev_recv", TcAttachType::Ingress)?;
             Ok("tc".into())
         }
         Err(e) => Err(e).with_context(|| format!("failed to attach generic XDP to {iface}")),
@@ -196,21 +196,6 @@ pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: &str) -> Result<String> {
 fn is_busy(e: &aya::programs::ProgramError) -> bool {
     let text = format!("{e:?}");
     text.contains("Resource busy") || text.contains("EBUSY") || text.contains("code: 16")
-}
-
-/// Attaches dev_recv at TCX ingress (the fallback when XDP is taken).
-pub fn attach_tc_ingress(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
-    let prog: &mut SchedClassifier = program(ebpf, "lp_tc_dev_recv")?.try_into()?;
-    if prog.fd().is_err() {
-        prog.load().context("the kernel refused the TC ingress program")?;
-    }
-    prog.attach_with_options(
-        iface,
-        TcAttachType::Ingress,
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    )
-    .with_context(|| format!("failed to attach TCX ingress to {iface}"))?;
-    Ok(())
 }
 
 /// Attaches dev_send (TCX egress) to an interface.

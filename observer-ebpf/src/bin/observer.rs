@@ -484,21 +484,6 @@ mod programs {
         xdp_action::XDP_PASS
     }
 
-    // ---- dev_recv fallback: TC ingress (TCX), where another XDP program holds the interface ----
-
-    /// The same observation as `lp_xdp_dev_recv`, a little later on the receive path (after GRO
-    /// and generic XDP). Used only where XDP is taken by someone else, e.g. a timesync reflector:
-    /// an interface has one XDP program, but TCX links coexist.
-    #[classifier]
-    pub fn lp_tc_dev_recv(ctx: TcContext) -> i32 {
-        let skb = unsafe { &*ctx.skb.skb };
-        let ifindex = skb.ifindex;
-        let proto = skb.protocol as u16;
-        let b = SkbBytes(&ctx.skb);
-        on_interface(&b, 14, proto, ifindex, Layer::DevRecv, |_| false);
-        TC_ACT_PIPE
-    }
-
     // ---- dev_send: TC egress (TCX) on each named interface ----
 
     #[classifier]
@@ -520,7 +505,8 @@ mod programs {
 
     /// Same samples as `lp_xdp_dev_recv`, a little later (after GRO, in __netif_receive_skb_core):
     /// on veths native XDP switches the device to its NAPI path, which costs more throughput
-    /// than the program itself.
+    /// than the program itself. Also where another XDP program (a timesync reflector, someone
+    /// else's) holds the interface: it has one XDP program, but TCX links coexist.
     #[classifier]
     pub fn lp_tc_dev_recv(ctx: TcContext) -> i32 {
         let skb = unsafe { &*ctx.skb.skb };

@@ -511,7 +511,14 @@ mod programs {
     pub fn lp_tc_dev_recv(ctx: TcContext) -> i32 {
         let skb = unsafe { &*ctx.skb.skb };
         let b = SkbBytes(&ctx.skb);
-        on_interface(&b, 14, skb.protocol as u16, skb.ifindex, Layer::DevRecv, |_| false);
+        on_interface(
+            &b,
+            14,
+            skb.protocol as u16,
+            skb.ifindex,
+            Layer::DevRecv,
+            |_| false,
+        );
         TC_ACT_PIPE
     }
 

@@ -49,6 +49,9 @@ pub struct DirStatus {
     pub dropped_oversize: u64,
     pub send_errors: u64,
     pub queued: u64,
+    /// Queued frames sent within 10 µs, 50 µs, 200 µs of their due time, and later than that.
+    pub late_buckets: [u64; 4],
+    pub max_late_ns: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

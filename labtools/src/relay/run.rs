@@ -46,6 +46,8 @@ impl Side {
             dropped_oversize: s.dropped_oversize.load(Relaxed),
             send_errors: s.send_errors.load(Relaxed),
             queued: s.queued.load(Relaxed) as u64,
+            late_buckets: std::array::from_fn(|i| s.late_buckets[i].load(Relaxed)),
+            max_late_ns: s.max_late_ns.load(Relaxed),
         }
     }
 }
@@ -103,6 +105,7 @@ fn release_loop(
 ) {
     while let Ok(p) = queue.recv() {
         sleep_until(p.due_ns, spin_ns);
+        stats.record_late(mono_ns().saturating_sub(p.due_ns));
         match egress.send(&p.frame) {
             Ok(()) => stats.forwarded.fetch_add(1, Relaxed),
             Err(_) => stats.send_errors.fetch_add(1, Relaxed),

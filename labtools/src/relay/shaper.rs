@@ -38,6 +38,24 @@ pub struct DirStats {
     pub send_errors: AtomicU64,
     /// Frames waiting in the release queue now.
     pub queued: AtomicUsize,
+    /// How late queued frames left after their due time: counts under 10 µs, 50 µs, 200 µs, and above.
+    pub late_buckets: [AtomicU64; 4],
+    pub max_late_ns: AtomicU64,
+}
+
+/// Upper bounds (ns) of the lateness buckets but the last.
+pub const LATE_BOUNDS_NS: [u64; 3] = [10_000, 50_000, 200_000];
+
+impl DirStats {
+    /// Records that a queued frame left `late_ns` after its due time.
+    pub fn record_late(&self, late_ns: u64) {
+        let i = LATE_BOUNDS_NS
+            .iter()
+            .position(|b| late_ns < *b)
+            .unwrap_or(LATE_BOUNDS_NS.len());
+        self.late_buckets[i].fetch_add(1, Relaxed);
+        self.max_late_ns.fetch_max(late_ns, Relaxed);
+    }
 }
 
 /// A frame waiting for its due time (CLOCK_MONOTONIC ns).
@@ -122,6 +140,17 @@ mod tests {
         cfg.set_loss(loss);
         let (tx, rx) = sync_channel(cap);
         (Direction::new(cfg, Arc::default(), tx, 7), rx)
+    }
+
+    #[test]
+    fn lateness_falls_in_its_bucket() {
+        let st = DirStats::default();
+        for late in [0, 9_999, 10_000, 49_999, 150_000, 200_000, 5_000_000] {
+            st.record_late(late);
+        }
+        let b: Vec<u64> = st.late_buckets.iter().map(|a| a.load(Relaxed)).collect();
+        assert_eq!(b, vec![2, 2, 1, 2]);
+        assert_eq!(st.max_late_ns.load(Relaxed), 5_000_000);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Storage and collection throughput (BENCHMARKS.md, "Storage and collection").
 //!
-//! `cargo bench -p planner --bench store -- [sqlite|mariadb|e2e|all] [--records N]`
+//! `cargo bench -p planner --bench store -- [sqlite|mariadb|e2e|all] [--records N] [--mysql-writers 1|2]`
 //!
 //! - `sqlite`, `mariadb`: 4 synthetic observers' byte streams (pre-encoded, 1000 records a frame)
 //!   through the collector into the store; rows/s from the first byte read until the last batch
@@ -11,9 +11,8 @@
 //!   every record is committed and acknowledged; zero loss is checked, not assumed.
 //!
 //! Needs MariaDB (root over the unix socket) and Redis at 127.0.0.1:6379, as ci/setup starts them.
-#[path = "../../observer/src/sink/redis.rs"]
-#[allow(dead_code)]
-mod observer_sink;
+mod sink;
+use sink::redis as observer_sink;
 
 use std::process::Command;
 use std::sync::Arc;

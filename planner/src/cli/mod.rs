@@ -148,6 +148,19 @@ pub fn print_out(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// A progress bar on stderr for work over `len` hosts (hidden when stderr is not a terminal).
+pub fn host_progress(len: usize, verb: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    let template = format!("{{spinner}} {verb} [{{bar:20}}] {{pos}}/{{len}} {{wide_msg}}");
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
 /// A tokio runtime for subcommands that talk to hosts. Built per command (not in `main`) so
 /// offline commands such as `inventory list` start no threads.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -102,7 +102,7 @@ impl Store {
     fn sample_chunk(&self) -> usize {
         match self.backend() {
             Backend::Sqlite => 2500,
-            Backend::MySql => 5000,
+            Backend::MySql => 2500,
         }
     }
 
@@ -253,7 +253,10 @@ impl Store {
         // across two connections in parallel. Each part is its own transaction; the batch counts
         // as stored (and is acknowledged) only when all parts committed, and a retry after a
         // partial failure re-inserts the committed part as ignored duplicates.
-        let split = if self.backend() == Backend::MySql && batch.samples.len() >= 2 * chunk {
+        let split = if self.backend() == Backend::MySql
+            && self.mysql_writers > 1
+            && batch.samples.len() >= 2 * chunk
+        {
             batch.samples.len() / 2
         } else {
             batch.samples.len()

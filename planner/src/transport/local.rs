@@ -155,6 +155,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn spawned_processes_stream_both_ways_and_stop_when_stdin_closes() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let t = LocalTransport::new("here", Duration::from_secs(10));
+        let p = t
+            .spawn(Cmd::new("while read l; do echo \"got $l\"; done; exit 4"))
+            .await
+            .unwrap();
+        let (mut stdin, mut lines) = (p.stdin, BufReader::new(p.stdout).lines());
+        for word in ["first", "second"] {
+            stdin
+                .write_all(format!("{word}\n").as_bytes())
+                .await
+                .unwrap();
+            stdin.flush().await.unwrap();
+            assert_eq!(
+                lines.next_line().await.unwrap(),
+                Some(format!("got {word}"))
+            );
+        }
+        drop(stdin);
+        assert_eq!(p.exit.await.unwrap(), Some(4));
+    }
+
+    #[tokio::test]
     async fn timeouts_are_reported() {
         let t = LocalTransport::new("here", Duration::from_millis(200));
         let e = t.exec(Cmd::new("sleep 5")).await.unwrap_err();

@@ -272,3 +272,72 @@ fn root_links() -> Vec<String> {
     v.sort();
     v
 }
+
+#[test]
+fn a_host_lost_mid_session_is_reported_and_the_others_finish() {
+    require_lab();
+    let _lab = lock_lab();
+    let inv = lab_inventory();
+    let inv = inv.to_str().unwrap();
+    assert!(latplan(&["teardown", inv]).status.success());
+    let db = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", db.path().join("s.db").display());
+    let _traffic = Traffic::start(40, "10M");
+    let apply = Command::new(LATPLAN)
+        .args(["apply", inv, "--duration", "20s", "--store", &store])
+        .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !pid_file_alive(&install_dir("vm1"), "observer") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "vm1's observer did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    // The host dies: everything running in its namespace (sshd, its sessions, the observer).
+    let pids = Command::new("ip")
+        .args(["netns", "pids", "lp-vm1"])
+        .output()
+        .unwrap();
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    let out = apply.wait_with_output().unwrap();
+    let report = text(&out);
+    // Bring the lab's vm1 back before anything can fail, so later tests find it whole.
+    testlab::ci_lab(&["up"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed host makes the exit code 1: {report}"
+    );
+    let vm1 = report
+        .lines()
+        .find(|l| l.contains("│ vm1") && l.contains("failed"))
+        .unwrap_or_else(|| panic!("vm1 is not reported failed: {report}"));
+    assert!(
+        vm1.contains("observer"),
+        "the reason names the observer: {vm1}"
+    );
+    for h in ["metal1", "metal2", "vm2"] {
+        assert!(
+            !report
+                .lines()
+                .any(|l| l.contains(&format!("│ {h} ")) && l.contains("failed")),
+            "{h} should have finished: {report}"
+        );
+    }
+    assert!(
+        report.contains("e2e ct1→vm2"),
+        "the others' report is printed: {report}"
+    );
+    let t = latplan(&["teardown", inv]);
+    assert!(t.status.success(), "{}", text(&t));
+    assert_clean("after teardown");
+}

@@ -6,17 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-mod btf;
-mod cleanup;
-mod config;
-mod dump;
-mod loader;
-mod netns;
-mod probe;
-mod run;
-mod sampling;
-mod sink;
-mod unwrap;
+use observer::{cleanup, config, dump, probe, run, sink};
 
 #[derive(Parser)]
 #[command(name = "observer", version, about = "latplan's per-host eBPF sampler")]
@@ -28,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Attach and stream records (wire frames) to stdout until signalled or the lease ends.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report which hooks load and attach here, as JSON (used by `latplan check`).
     Probe {
         /// Interfaces to try the interface programs on.

@@ -13,6 +13,18 @@ pub const PROG_INGRESS_XDP: &str = "lp_ts_ingress";
 pub const PROG_INGRESS_TC: &str = "lp_ts_ingress_tc";
 pub const MAP_TX: &str = "LP_TS_TX";
 pub const MAP_RX: &str = "LP_TS_RX";
+pub const MAP_LOCAL: &str = "LP_TS_LOCAL";
+
+/// Tells the reflector which destination addresses are its own.
+pub fn set_local_addresses(bpf: &mut Ebpf, addrs: &[std::net::Ipv4Addr]) -> anyhow::Result<()> {
+    let mut map: aya::maps::HashMap<_, u32, u8> =
+        aya::maps::HashMap::try_from(bpf.map_mut(MAP_LOCAL).context("map LP_TS_LOCAL missing")?)?;
+    for a in addrs {
+        map.insert(u32::from(*a), 1, 0)
+            .with_context(|| format!("failed to add {a} to the reflector's addresses"))?;
+    }
+    Ok(())
+}
 
 /// Values fixed at load time (globals of the kernel programs).
 #[derive(Debug, Clone, Default)]
@@ -97,17 +109,14 @@ pub fn attach_xdp(prog: &mut Xdp, iface: &str, mode: XdpAttach) -> anyhow::Resul
         XdpAttach::Auto if driver_name(iface).as_deref() == Some("veth") => generic(prog),
         XdpAttach::Auto => match native(prog) {
             Ok(m) => Ok(m),
-            Err(native_err) => generic(prog).map_err(|e| {
-                tracing_note(&format!("native XDP on {iface} failed: {native_err}"));
-                e
+            Err(native_err) => generic(prog).inspect(|_| {
+                eprintln!(
+                    "timesync: native XDP on {iface} failed ({native_err}); using generic XDP"
+                );
             }),
         },
     };
     res.with_context(|| format!("failed to attach XDP ({mode:?}) to interface {iface}"))
-}
-
-fn tracing_note(msg: &str) {
-    eprintln!("timesync: {msg}");
 }
 
 /// Attaches a TC program (TCX on 6.6+, else netlink with a clsact qdisc).

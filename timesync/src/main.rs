@@ -72,6 +72,10 @@ enum Cmd {
         /// Stamp on this interface instead of the routes' (repeatable).
         #[arg(long = "interface")]
         interfaces: Vec<String>,
+        /// When a route leaves by a bridge, stamp on the bridge itself (generic XDP) rather than on
+        /// its ports (the default).
+        #[arg(long)]
+        on_bridge: bool,
         /// Where replies are stamped.
         #[arg(long, value_enum, default_value = "auto")]
         ingress: IngressHook,
@@ -157,6 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             duration,
             interfaces,
+            on_bridge,
             ingress,
             window,
             fit_interval,
@@ -186,6 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 rate_hz: rate,
                 duration: duration.map(|d| secs(d, "--duration")).transpose()?,
                 interfaces,
+                on_bridge,
                 ingress,
                 fit,
                 fit_interval,

@@ -27,6 +27,8 @@ pub enum Line {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ready {
     pub interface: String,
+    /// The addresses whose probes it answers (the interface's own).
+    pub addresses: Vec<String>,
     pub mode: XdpAttach,
     pub port: u16,
     /// Test-only offset and drift added to the stamps (zero in real use), and where the drift is zero.
@@ -116,6 +118,8 @@ pub struct FitLine {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorLine {
     pub domain: String,
+    /// The manager's clock when the error was found, ns.
+    pub emitted_ns: u64,
     pub address: String,
     pub error: String,
     pub status: DomainStatus,

@@ -38,6 +38,8 @@ pub struct ProbeOptions {
     pub duration: Option<Duration>,
     /// Interfaces to stamp on instead of the ones the routes point at.
     pub interfaces: Vec<String>,
+    /// When a route points at a bridge, stamp on the bridge device itself instead of its ports.
+    pub on_bridge: bool,
     pub ingress: IngressHook,
     pub fit: FitConfig,
     pub fit_interval: Duration,
@@ -200,8 +202,20 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
     let mut interfaces: Vec<String> = opts.interfaces.clone();
     for (name, addr) in &opts.targets {
         let iface = route::interface_toward(*addr).with_context(|| format!("domain {name}"))?;
-        if opts.interfaces.is_empty() && !interfaces.contains(&iface) {
-            interfaces.push(iface.clone());
+        let ports = if opts.on_bridge {
+            Vec::new()
+        } else {
+            route::bridge_ports(&iface)
+        };
+        let stamp_on = if ports.is_empty() {
+            vec![iface.clone()]
+        } else {
+            ports
+        };
+        for i in stamp_on {
+            if opts.interfaces.is_empty() && !interfaces.contains(&i) {
+                interfaces.push(i);
+            }
         }
         targets.push(Target {
             domain: name.clone(),
@@ -356,6 +370,7 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
                         };
                         let line = Line::Error(ErrorLine {
                             domain: d.name.clone(),
+                            emitted_ns: now,
                             address: d.addr.to_string(),
                             error,
                             status: d.status_at(now),

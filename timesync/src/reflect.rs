@@ -5,7 +5,7 @@ use anyhow::Context;
 
 use crate::ebpf::{self, Globals, XdpAttach};
 use crate::output::{self, Line, Ready};
-use crate::signal;
+use crate::{route, signal};
 
 #[derive(Debug, Clone)]
 pub struct ReflectOptions {
@@ -31,14 +31,24 @@ pub fn run(opts: &ReflectOptions) -> anyhow::Result<()> {
         test_drop: (opts.test_drop_ratio.clamp(0.0, 1.0) * u32::MAX as f64) as u32,
     };
     ebpf::check_globals(&globals)?;
+    // Only probes addressed to this interface are answered: a host that routes for others (a
+    // metal in front of its VMs) must let their probes through to their own reflectors.
+    let addrs = route::interface_addresses(&opts.interface)?;
+    anyhow::ensure!(
+        !addrs.is_empty(),
+        "interface {} has no IPv4 address (or does not exist); the reflector answers probes to its addresses",
+        opts.interface
+    );
     signal::install();
     let mut bpf = ebpf::load(&globals)?;
+    ebpf::set_local_addresses(&mut bpf, &addrs)?;
     let prog = ebpf::xdp(&mut bpf, ebpf::PROG_REFLECT)?;
     prog.load()
         .context("failed to load the reflector program")?;
     let mode = ebpf::attach_xdp(prog, &opts.interface, opts.mode)?;
     output::emit(&Line::Ready(Ready {
         interface: opts.interface.clone(),
+        addresses: addrs.iter().map(|a| a.to_string()).collect(),
         mode,
         port: opts.port,
         test_offset_ns: opts.test_offset_ns,

@@ -105,6 +105,8 @@ fn loaded(globals: &Globals, progs: &[&str]) -> Ebpf {
             _ => unreachable!("only XDP and TC programs"),
         }
     }
+    ebpf::set_local_addresses(&mut bpf, &["10.77.0.11".parse().unwrap()])
+        .expect("set the reflector's address");
     bpf
 }
 
@@ -207,6 +209,13 @@ fn foreign_packets_pass_untouched() {
     let mut fragment = probe_frame(TOKEN, 1);
     fragment[20] = 0x20; // more fragments
     let tiny = vec![0u8; 20];
+    let elsewhere = frame(
+        [10, 77, 0, 1],
+        [10, 77, 1, 2],
+        40000,
+        wire::DEFAULT_PORT,
+        &probe,
+    );
     other_token[0] = 0x02;
     for (what, f) in [
         ("another session's token", &other_token),
@@ -218,6 +227,10 @@ fn foreign_packets_pass_untouched() {
         ("ARP ethertype", &arp),
         ("IP fragment", &fragment),
         ("runt frame", &tiny),
+        (
+            "a probe to another host (routed through this one)",
+            &elsewhere,
+        ),
     ] {
         let (ret, out) = run_xdp(&mut bpf, ebpf::PROG_REFLECT, f);
         assert_eq!(ret, XDP_PASS, "{what} must pass");
@@ -240,14 +253,18 @@ fn the_test_switch_shifts_the_stamps() {
     let after = monotonic();
     assert_eq!(ret, XDP_TX);
     let reply = wire::decode_reply(&out[42..]).unwrap();
-    // 10 s after the reference at 20 ppm: +200 µs on top of the offset.
-    let lo = before + 1_234_567_000 + 200_000;
-    let hi = after + 1_234_567_000 + 200_000 + 1_000;
+    // About 10 s after the reference at 20 ppm: about +200 µs on top of the offset.
+    let shifted = |t: u64| t + 1_234_567_000 + (t - g.test_ref_ns) * 20_000 / 1_000_000_000;
+    let (lo, hi) = (shifted(before), shifted(after) + 1);
     assert!(
-        lo - 1_000 <= reply.t2 && reply.t3 <= hi,
+        lo <= reply.t2 && reply.t3 <= hi,
         "t2 {} t3 {} not in [{lo}, {hi}]",
         reply.t2,
         reply.t3
+    );
+    assert!(
+        reply.t2 - before > 1_234_767_000,
+        "the drift added about 200 µs"
     );
     assert!(udp_valid(&out));
 }

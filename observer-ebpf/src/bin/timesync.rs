@@ -1,7 +1,7 @@
 //! timesync's kernel programs.
 //!
-//! - `lp_ts_reflect` (XDP, on every clock domain): answers the session's probes in place with
-//!   `XDP_TX`, writing its receive and transmit stamps into the UDP payload.
+//! - `lp_ts_reflect` (XDP, on every clock domain): answers the session's probes addressed to it in
+//!   place with `XDP_TX`, writing its receive and transmit stamps into the UDP payload.
 //! - `lp_ts_egress` (TC egress) and `lp_ts_ingress` (XDP, or `lp_ts_ingress_tc` on TC ingress) on the
 //!   manager: stamp a probe's departure and its reply's arrival into LRU maps keyed by probe id,
 //!   which the prober reads when the reply reaches its socket.
@@ -18,7 +18,7 @@ mod programs {
     use aya_ebpf::{
         bindings::{TC_ACT_UNSPEC, xdp_action},
         macros::{classifier, map, xdp},
-        maps::LruHashMap,
+        maps::{HashMap, LruHashMap},
         programs::{TcContext, XdpContext},
     };
     use observer_ebpf::clock_ns;
@@ -63,6 +63,10 @@ mod programs {
     #[unsafe(no_mangle)]
     static LP_TS_TEST_DROP: u32 = 0;
 
+    /// The reflector's own IPv4 addresses (as big-endian numbers): probes to other addresses are
+    /// someone else's (e.g. a host routed through this one) and pass on.
+    #[map]
+    static LP_TS_LOCAL: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
     /// Departure stamps of the manager's probes, by probe id.
     #[map]
     static LP_TS_TX: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
@@ -195,6 +199,9 @@ mod programs {
             if !is_ours(p, KIND_PROBE) || rd16(p, UDP_OFF + 2) != port() {
                 return xdp_action::XDP_PASS;
             }
+            if LP_TS_LOCAL.get(rd32(p, IP_OFF + 16)).is_none() {
+                return xdp_action::XDP_PASS;
+            }
             let drop = core::ptr::read_volatile(&LP_TS_TEST_DROP);
             if drop != 0 && aya_ebpf::helpers::bpf_get_prandom_u32() < drop {
                 return xdp_action::XDP_DROP;
@@ -276,7 +283,7 @@ mod programs {
             unsafe {
                 if is_ours(p, KIND_REPLY) && rd16(p, UDP_OFF) == port() {
                     let id = rd64(p, PAY_OFF + O_ID);
-                    let _ = LP_TS_RX.insert(&id, &t4, 0);
+                    let _ = LP_TS_RX.insert(id, t4, 0);
                 }
             }
         }
@@ -298,7 +305,7 @@ mod programs {
             unsafe {
                 if is_ours(p, KIND_REPLY) && rd16(p, UDP_OFF) == port() {
                     let id = rd64(p, PAY_OFF + O_ID);
-                    let _ = LP_TS_RX.insert(&id, &t4, 0);
+                    let _ = LP_TS_RX.insert(id, t4, 0);
                 }
             }
         }
@@ -315,7 +322,7 @@ mod programs {
             unsafe {
                 if is_ours(p, KIND_PROBE) && rd16(p, UDP_OFF + 2) == port() {
                     let id = rd64(p, PAY_OFF + O_ID);
-                    let _ = LP_TS_TX.insert(&id, &t1, 0);
+                    let _ = LP_TS_TX.insert(id, t1, 0);
                 }
             }
         }

@@ -1,6 +1,12 @@
 //! The observer's Redis Streams sink: ships encoded frames to the host's own stream
 //! (`latplan:SESSION:HOST:records`) and keeps a heartbeat key alive.
 //!
+//! Two ways to use it:
+//! - [`RedisStreamSink`] implements the observer's [`super::Sink`] trait (blocking writes, run
+//!   inside the observer's `Writer` thread behind its bounded queue): `Writer::spawn(Box::new(
+//!   RedisStreamSink::connect(cfg)?), capacity)`. It learns the run tag from the Hello frame.
+//! - [`RedisSink`] is the same with its own bounded queue and thread, for callers without one.
+//!
 //! Self-contained: it needs `redis` (default features off, plus `tls-rustls` and
 //! `tls-rustls-webpki-roots` for `rediss://`; a rustls crypto provider such as `ring`),
 //! `serde`, `serde_json` and `latplan_common::wire`. latplan's collector tests compile this very
@@ -18,8 +24,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use latplan_common::wire::Frame;
+use latplan_common::wire::{Frame, HEADER_SIZE};
 use serde::Deserialize;
+
+use super::Sink;
 
 /// Frames sent per pipeline round trip at most.
 const PIPELINE_FRAMES: usize = 64;
@@ -96,6 +104,175 @@ impl RedisSinkConfig {
                 },
             ),
             _ => redis::Client::open(info),
+        }
+    }
+}
+
+/// Builds one pipeline: an `XADD` per frame (trimmed to about `maxlen`), and the heartbeat.
+fn pipeline<'a>(
+    cfg: &RedisSinkConfig,
+    run_tag: &str,
+    frames: impl Iterator<Item = &'a [u8]>,
+    status: Option<String>,
+) -> redis::Pipeline {
+    let mut p = redis::pipe();
+    for f in frames {
+        p.cmd("XADD")
+            .arg(&cfg.stream_key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(cfg.maxlen)
+            .arg("*")
+            .arg("run")
+            .arg(run_tag)
+            .arg("f")
+            .arg(f)
+            .ignore();
+    }
+    if let Some(st) = status {
+        p.cmd("SET")
+            .arg(&cfg.status_key)
+            .arg(st)
+            .arg("EX")
+            .arg(cfg.status_ttl_secs.max(1))
+            .ignore();
+    }
+    p
+}
+
+/// Records in an encoded samples frame (0 for other kinds or malformed bytes).
+fn records_in(frame: &[u8]) -> u64 {
+    if frame.len() >= HEADER_SIZE + 16 && frame[5] == 2 {
+        u32::from_le_bytes(
+            frame[HEADER_SIZE + 8..HEADER_SIZE + 12]
+                .try_into()
+                .expect("4 bytes"),
+        ) as u64
+    } else {
+        0
+    }
+}
+
+/// The blocking sink for the observer's writer thread ([`super::Sink`]).
+///
+/// `write_frame` collects frames; `flush` (and every 64 frames) sends them in one pipeline with
+/// the heartbeat. A failed send is retried on a new connection with backoff for up to
+/// `retry_for`, so a Redis restart or a short link cut costs nothing but queue space (the
+/// observer's bounded queue drops and counts meanwhile); after that the error ends the writer.
+pub struct RedisStreamSink {
+    cfg: RedisSinkConfig,
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+    run_tag: Option<String>,
+    pending: Vec<Vec<u8>>,
+    frames_sent: u64,
+    records_sent: u64,
+    reconnects: u64,
+    last_beat: Option<Instant>,
+    /// How long one batch is retried before `flush` gives up with the error.
+    pub retry_for: Duration,
+}
+
+impl RedisStreamSink {
+    /// Connects once (failing fast on a wrong address or credentials).
+    pub fn connect(cfg: RedisSinkConfig) -> Result<RedisStreamSink, SinkError> {
+        let connect_err = |source| SinkError::Connect {
+            url: cfg.url.clone(),
+            source,
+        };
+        let client = cfg.client().map_err(connect_err)?;
+        let conn = open(&client).map_err(connect_err)?;
+        Ok(RedisStreamSink {
+            cfg,
+            client,
+            conn: Some(conn),
+            run_tag: None,
+            pending: Vec::new(),
+            frames_sent: 0,
+            records_sent: 0,
+            reconnects: 0,
+            last_beat: None,
+            retry_for: Duration::from_secs(60),
+        })
+    }
+
+    fn try_send(&mut self) -> redis::RedisResult<()> {
+        if self.conn.is_none() {
+            self.reconnects += 1;
+            self.conn = Some(open(&self.client)?);
+        }
+        let beat_every = Duration::from_secs((self.cfg.status_ttl_secs / 3).max(1));
+        let beat = self.last_beat.is_none_or(|t| t.elapsed() >= beat_every);
+        let status = beat.then(|| {
+            serde_json::json!({
+                "unix_ms": now_ms(),
+                "state": "running",
+                "frames_sent": self.frames_sent,
+                "records_sent": self.records_sent,
+                "reconnects": self.reconnects,
+            })
+            .to_string()
+        });
+        let tag = self.run_tag.as_deref().unwrap_or("unknown/0");
+        let p = pipeline(
+            &self.cfg,
+            tag,
+            self.pending.iter().map(|f| f.as_slice()),
+            status,
+        );
+        p.query::<()>(self.conn.as_mut().expect("connected above"))?;
+        if beat {
+            self.last_beat = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+impl Sink for RedisStreamSink {
+    fn write_frame(&mut self, frame: &[u8]) -> anyhow::Result<()> {
+        if frame.len() > 5 && frame[5] == 1 {
+            // The Hello names the run every later entry is tagged with.
+            if let Ok((Frame::Hello(h), _)) = Frame::decode(frame) {
+                self.run_tag = Some(format!("{}/{}", h.boot_id, h.started_ns));
+            }
+        }
+        if self.run_tag.is_none() {
+            anyhow::bail!(
+                "the first frame on a Redis stream must be the hello (it names the observer run)"
+            );
+        }
+        self.pending.push(frame.to_vec());
+        if self.pending.len() >= PIPELINE_FRAMES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.try_send() {
+                Ok(()) => {
+                    self.frames_sent += self.pending.len() as u64;
+                    self.records_sent += self.pending.iter().map(|f| records_in(f)).sum::<u64>();
+                    self.pending.clear();
+                    return Ok(());
+                }
+                Err(e) if start.elapsed() < self.retry_for => {
+                    let _ = e;
+                    self.conn = None;
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    anyhow::bail!(
+                        "failed to write to Redis stream {} for {:?}: {e}",
+                        self.cfg.stream_key,
+                        self.retry_for
+                    )
+                }
+            }
         }
     }
 }
@@ -364,37 +541,24 @@ impl Worker {
             self.conn = Some(open(&self.client)?);
         }
         let conn = self.conn.as_mut().expect("connected above");
-        let mut p = redis::pipe();
-        for i in items {
-            p.cmd("XADD")
-                .arg(&self.cfg.stream_key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.cfg.maxlen)
-                .arg("*")
-                .arg("run")
-                .arg(&self.run_tag)
-                .arg("f")
-                .arg(&i.bytes)
-                .ignore();
-        }
-        if beat {
+        let status = beat.then(|| {
             let c = &self.counters;
-            let status = serde_json::json!({
+            serde_json::json!({
                 "unix_ms": now_ms(),
                 "state": if closing { "closing" } else { "running" },
                 "frames_sent": c.frames_sent.load(Relaxed),
                 "records_sent": c.records_sent.load(Relaxed),
                 "frames_dropped": c.frames_dropped.load(Relaxed),
                 "records_dropped": c.records_dropped.load(Relaxed),
-            });
-            p.cmd("SET")
-                .arg(&self.cfg.status_key)
-                .arg(status.to_string())
-                .arg("EX")
-                .arg(self.cfg.status_ttl_secs.max(1))
-                .ignore();
-        }
+            })
+            .to_string()
+        });
+        let p = pipeline(
+            &self.cfg,
+            &self.run_tag,
+            items.iter().map(|i| i.bytes.as_slice()),
+            status,
+        );
         p.query::<()>(conn)
     }
 }

@@ -3,9 +3,13 @@
 //! Adding a subcommand: write `cli/NAME.rs` with a clap `Args` struct implementing [`Command`],
 //! add `mod NAME;` and one line to the `subcommands!` list below. Subcommands return
 //! `anyhow::Result<Outcome>`; `main` is the only place errors and outcomes become exit codes.
+mod apply;
 mod check;
+mod import;
 mod inventory;
+mod plan;
 pub mod report;
+mod teardown;
 
 use std::ffi::OsString;
 
@@ -88,8 +92,16 @@ macro_rules! subcommands {
 subcommands! {
     /// Preflight every host: reachability, kernel, BTF, sudo, disk, interfaces, and real attach tests.
     Check(check::Args),
+    /// Convert the original tool's configuration directory into an inventory.
+    Import(import::Args),
     /// Inspect an inventory: print it resolved (inheritance applied, validated).
     Inventory(inventory::Args),
+    /// Show each host's plan and what it would change (ok/changed); changes nothing.
+    Plan(plan::Args),
+    /// Run a measurement session: converge the hosts, sync clocks, observe, collect, report.
+    Apply(apply::Args),
+    /// Stop and remove everything latplan put on the hosts.
+    Teardown(teardown::Args),
     /// Analyse a stored session: the latency breakdown as a table, JSON, CSV or HTML.
     Report(report::Args),
 }

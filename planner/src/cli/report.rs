@@ -381,6 +381,25 @@ mod tests {
         assert_eq!(stored.flows[0].src_host, "ct1");
         assert!(analyse_stored(&rt, &store, Some("nope")).is_err());
         rt.block_on(store.close());
+        // The command itself, every format into a file.
+        for (format, marker) in [
+            (Format::Table, "◀ dominant"),
+            (Format::Json, "\"pairs\""),
+            (Format::Csv, "scope,src_host"),
+            (Format::Html, "<svg"),
+        ] {
+            let out = dir.join("report.out");
+            run(Args {
+                session: Some("synthetic".into()),
+                store: url.clone(),
+                format,
+                output: Some(out.clone()),
+                per_flow: true,
+            })
+            .unwrap();
+            let text = std::fs::read_to_string(&out).unwrap();
+            assert!(text.contains(marker), "{format:?} output lacks {marker}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -4,6 +4,7 @@
 //! `host_vars/NAME.yaml`) or a single YAML file. Loading either returns a fully checked model or
 //! the first problem found, with file:line:column and a hint; nothing runs on a bad inventory.
 mod error;
+pub mod import;
 mod merge;
 mod model;
 mod resolve;

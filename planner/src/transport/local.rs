@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 
 use super::shell::with_become;
-use super::{Cmd, Output, Transport, TransportError, describe};
+use super::{Cmd, Output, Spawned, Transport, TransportError, describe};
 
 pub struct LocalTransport {
     host: String,
@@ -71,6 +71,41 @@ impl Transport for LocalTransport {
                 secs: limit.as_secs(),
             }),
         }
+    }
+
+    async fn spawn(&self, cmd: Cmd) -> Result<Spawned, TransportError> {
+        let what = describe(&cmd.script);
+        let host = self.host.clone();
+        let err = move |reason: String| TransportError::Exec {
+            host: host.clone(),
+            what: what.clone(),
+            reason,
+        };
+        let mut c = tokio::process::Command::new("sh");
+        c.arg("-c").arg(with_become(&cmd.script, cmd.become_root));
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = c.spawn().map_err(|e| err(e.to_string()))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(err("the command's pipes were not opened".into()));
+        };
+        let exit = Box::pin(async move {
+            child
+                .wait()
+                .await
+                .map(|s| s.code())
+                .map_err(|e| err(e.to_string()))
+        });
+        Ok(Spawned {
+            stdin: Box::pin(stdin),
+            stdout: Box::pin(stdout),
+            stderr: Box::pin(stderr),
+            exit,
+        })
     }
 
     async fn close(&self) -> Result<(), TransportError> {

@@ -6,9 +6,8 @@
 //! observer's own sink code (observer/src/sink/redis.rs, compiled into this binary).
 //! Some tests stop and restart Redis or MariaDB (by the PID files ci/setup writes, with the same
 //! start commands); they hold the services lock exclusively, every other test holds it shared.
-#[path = "../../../observer/src/sink/redis.rs"]
-#[allow(dead_code)]
-mod observer_sink;
+mod sink;
+use sink::redis as observer_sink;
 
 mod faults;
 mod redis_bus;

@@ -244,3 +244,63 @@ async fn malformed_entries_are_reported_and_skipped() {
     store.close().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The blocking sink the observer's writer thread uses (its `Sink` trait): frames written and
+/// flushed reach the store; a stream that does not start with the hello is refused.
+#[tokio::test]
+async fn the_observer_writer_sink_ships_its_frames() {
+    use crate::sink::Sink;
+    let _g = SERVICES.read().await;
+    let bus = redis_bus().await;
+    let (store, dir) = sqlite_store("writer-sink").await;
+    let session = "writer-sink";
+    let host = "m1".to_string();
+    bus.delete_keys(session, &host).await.unwrap();
+    let cfg = bus.provision(session, &host, DEFAULT_MAXLEN).await.unwrap();
+    let line = cfg.to_stdin_line();
+    let mut obs = SyntheticObserver::new(session, &host, 5);
+    let generated = tokio::task::spawn_blocking(move || {
+        let sink_cfg = observer_sink::RedisSinkConfig::from_stdin_line(&line).unwrap();
+        let mut early = observer_sink::RedisStreamSink::connect(sink_cfg.clone()).unwrap();
+        let e = early.write_frame(&obs.samples(1).encode()).unwrap_err();
+        assert!(e.to_string().contains("hello"), "{e}");
+        obs.next_seq = 0;
+        let mut sink = observer_sink::RedisStreamSink::connect(sink_cfg).unwrap();
+        sink.write_frame(&obs.hello().encode()).unwrap();
+        for i in 0..150 {
+            sink.write_frame(&obs.samples(100).encode()).unwrap();
+            if i % 40 == 0 {
+                sink.flush().unwrap();
+            }
+        }
+        sink.write_frame(&obs.stats(1, 0).encode()).unwrap();
+        sink.write_frame(&obs.bye().encode()).unwrap();
+        sink.flush().unwrap();
+        obs.next_seq
+    })
+    .await
+    .unwrap();
+    let s = store.open_session(session).await.unwrap();
+    let c = Collector::start(store.clone(), s, CollectorConfig::default());
+    let hosts = std::slice::from_ref(&host);
+    let mut src = RedisSource::start(&c, bus.clone(), session, hosts, "c")
+        .await
+        .unwrap();
+    wait_drained(&bus, session, hosts, Duration::from_secs(30)).await;
+    src.stop_reading().await.unwrap();
+    let rep = c.finish().await.unwrap();
+    src.finish().await.unwrap();
+    assert!(rep.gaps.is_empty(), "{:?}", rep.gaps);
+    assert_eq!(
+        assert_accounted(&store, s, &host, generated).await,
+        (15_000, 0)
+    );
+    assert!(
+        bus.status(session, &host).await.unwrap().is_some(),
+        "the writer sink keeps a heartbeat"
+    );
+    bus.revoke(session, &host).await.unwrap();
+    bus.delete_keys(session, &host).await.unwrap();
+    store.close().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}

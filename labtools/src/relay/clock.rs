@@ -27,7 +27,7 @@ pub fn sleep_until(due: u64, spin_ns: u64) {
     let wake = due.saturating_sub(spin_ns);
     while mono_ns() < wake {
         let ts = libc::timespec {
-            tv_sec: (wake / 1_000_000_000) as libc::time_t,
+            tv_sec: (wake / 1_000_000_000) as _,
             tv_nsec: (wake % 1_000_000_000) as _,
         };
         // SAFETY: plain syscall on a timespec we own; EINTR just loops.
@@ -53,9 +53,10 @@ pub fn tighten_timer_slack() {
 
 /// Puts the calling thread under SCHED_FIFO so builds on the same cores do not delay frames.
 pub fn make_realtime(priority: i32) -> io::Result<()> {
-    let param = libc::sched_param {
-        sched_priority: priority,
-    };
+    // Zeroed first: musl's sched_param has more fields than glibc's.
+    // SAFETY: sched_param is plain integers; all-zero is valid.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = priority;
     // SAFETY: pid 0 is the calling thread; param lives across the call.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
     if rc == 0 {

@@ -131,7 +131,7 @@ impl PacketSocket {
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = cmsg_buf.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = size_of::<[u64; 16]>();
+        msg.msg_controllen = size_of::<[u64; 16]>() as _;
         let n = loop {
             // SAFETY: msg points at buffers we own.
             let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };

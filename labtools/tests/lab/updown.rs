@@ -117,10 +117,22 @@ fn lab_entries(s: &[String]) -> Vec<&String> {
         .collect()
 }
 
+/// Brings the lab back up when the test ends, also on failure: later tests need it.
+struct LeaveUp;
+
+impl Drop for LeaveUp {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::panic::catch_unwind(|| ci_lab(&["up"]));
+        }
+    }
+}
+
 #[test]
 fn down_up_three_times_leaves_the_machine_as_before() {
     require_lab();
     let _lock = lock_lab();
+    let _leave_up = LeaveUp;
     let up = snapshot();
     assert!(
         up.iter().any(|e| e == "netns lp-wan"),

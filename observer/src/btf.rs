@@ -159,10 +159,10 @@ impl Btf {
             }
             if mname.is_empty() {
                 let inner = self.strip(m.type_id);
-                if matches!(self.types[inner as usize].kind, KIND_STRUCT | KIND_UNION) {
-                    if let Some((off, ty)) = self.member(inner, name) {
-                        return Some((m.bit_offset + off, ty));
-                    }
+                if matches!(self.types[inner as usize].kind, KIND_STRUCT | KIND_UNION)
+                    && let Some((off, ty)) = self.member(inner, name)
+                {
+                    return Some((m.bit_offset + off, ty));
                 }
             }
         }

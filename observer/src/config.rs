@@ -21,7 +21,8 @@ pub struct Config {
     pub sampling: Sampling,
     /// Layers to attach; empty = all.
     pub layers: Vec<String>,
-    /// "auto" (native, falling back to generic), "native" or "generic".
+    /// How dev_recv attaches: "auto" (TCX ingress on virtual devices such as veths, native
+    /// XDP on others, generic XDP as the fallback), "native", "generic" (XDP) or "tc" (TCX).
     pub xdp_mode: String,
     /// Seconds without a heartbeat line on stdin before detaching; 0 = no lease.
     pub lease_seconds: u64,

@@ -48,7 +48,10 @@ pub fn hook_of(layer: Layer) -> (&'static [&'static str], &'static str) {
         ),
         Layer::DevSend => (&["lp_tc_dev_send"], "tcx/egress per interface"),
         Layer::DevXmit => (&["lp_rtp_dev_xmit"], "raw_tp:net_dev_start_xmit"),
-        Layer::DevRecv => (&["lp_xdp_dev_recv"], "xdp per interface"),
+        Layer::DevRecv => (
+            &["lp_xdp_dev_recv"],
+            "xdp per interface; tcx/ingress on virtual devices and where another XDP program holds it",
+        ),
         Layer::IpRecv => (&["lp_rtp_ip_recv"], "raw_tp:netif_receive_skb"),
         Layer::TcpRecv => (&["lp_rtp_tcp_recv"], "raw_tp:tcp_probe"),
         Layer::SockQueue => (&["lp_rtp_sock_queue"], "raw_tp:sk_data_ready"),
@@ -145,6 +148,23 @@ pub fn register_interface(ebpf: &mut Ebpf, ifindex: u32, slot: u32) -> Result<()
     Ok(())
 }
 
+/// Attaches dev_recv to an interface in `mode` ("native"; "generic"; "tc" = TCX ingress;
+/// "auto" = TCX ingress on virtual devices, native XDP else, generic XDP as the fallback);
+/// returns the mode that worked.
+///
+/// Why "auto" avoids XDP on virtual devices: native XDP on a veth moves the device onto its NAPI
+/// path, which costs far more throughput than the program (measured in BENCHMARKS.md), and
+/// generic XDP linearises GRO super-packets; TCX ingress sees the same bytes a few hundred
+/// nanoseconds later at no such cost.
+pub fn attach_ingress(ebpf: &mut Ebpf, iface: &str, mode: &str) -> Result<String> {
+    let virtual_dev = !std::path::Path::new(&format!("/sys/class/net/{iface}/device")).exists();
+    if mode == "tc" || (mode == "auto" && virtual_dev) {
+        attach_tc(ebpf, iface, "lp_tc_dev_recv", TcAttachType::Ingress)?;
+        return Ok("tc".into());
+    }
+    attach_xdp(ebpf, iface, mode)
+}
+
 /// Attaches dev_recv (XDP) to an interface; returns the mode that worked.
 pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: &str) -> Result<String> {
     let prog: &mut Xdp = program(ebpf, "lp_xdp_dev_recv")?.try_into()?;
@@ -161,23 +181,35 @@ pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: &str) -> Result<String> {
             Err(_) => {}
         }
     }
-    prog.attach(iface, XdpMode::Skb)
-        .with_context(|| format!("failed to attach generic XDP to {iface}"))?;
-    Ok("xdp-generic".into())
+    match prog.attach(iface, XdpMode::Skb) {
+        Ok(_) => Ok("xdp-generic".into()),
+        // Another XDP program holds the interface (one per interface; we never replace it):
+        // observe at TC ingress instead, where links coexist.
+        Err(e) if mode == "auto" && is_busy(&e) => {
+            attach_tc(ebpf, iface, "lp_tc_dev_recv", TcAttachType::Ingress)?;
+            Ok("tc".into())
+        }
+        Err(e) => Err(e).with_context(|| format!("failed to attach generic XDP to {iface}")),
+    }
+}
+
+fn is_busy(e: &aya::programs::ProgramError) -> bool {
+    let text = format!("{e:?}");
+    text.contains("Resource busy") || text.contains("EBUSY") || text.contains("code: 16")
 }
 
 /// Attaches dev_send (TCX egress) to an interface.
 pub fn attach_tc_egress(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
-    let prog: &mut SchedClassifier = program(ebpf, "lp_tc_dev_send")?.try_into()?;
+    attach_tc(ebpf, iface, "lp_tc_dev_send", TcAttachType::Egress)
+}
+
+fn attach_tc(ebpf: &mut Ebpf, iface: &str, name: &str, dir: TcAttachType) -> Result<()> {
+    let prog: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
     if prog.fd().is_err() {
         prog.load().context("the kernel refused the TC program")?;
     }
-    prog.attach_with_options(
-        iface,
-        TcAttachType::Egress,
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    )
-    .with_context(|| format!("failed to attach TCX egress to {iface}"))?;
+    prog.attach_with_options(iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| format!("failed to attach TCX {dir:?} to {iface}"))?;
     Ok(())
 }
 
@@ -323,7 +355,7 @@ pub fn attach_layer(ebpf: &mut Ebpf, layer: Layer, done: &mut Vec<&'static str>)
         }
         match p {
             "lp_cg_ip_send" => attach_cgroup_egress(ebpf)?,
-            "lp_xdp_dev_recv" | "lp_tc_dev_send" => {}
+            "lp_xdp_dev_recv" | "lp_tc_dev_send" | "lp_tc_dev_recv" => {}
             _ => attach_raw_tp(ebpf, p)?,
         }
         done.push(p);

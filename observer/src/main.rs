@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Attach and stream records (wire frames) to stdout until signalled or the lease ends.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report which hooks load and attach here, as JSON (used by `latplan check`).
     Probe {
         /// Interfaces to try the interface programs on.

@@ -42,6 +42,8 @@ pub struct IfaceProbe {
     pub xdp_native: Check,
     pub xdp_generic: Check,
     pub tc_egress: Check,
+    /// TCX ingress: the alternative dev_recv hook (`xdp_mode: "tc"`).
+    pub tc_ingress: Check,
     /// Programs of others already attached to the interface (XDP, TCX ingress/egress).
     pub foreign: Vec<Foreign>,
 }
@@ -118,25 +120,15 @@ pub fn probe(interfaces: &[String]) -> Probe {
                 ip.ifindex = i;
             }
             Err(e) => {
-                let c = check("", Err(e));
-                ip.xdp_native = Check {
-                    hook: "xdp native".into(),
-                    ..Check {
-                        ok: false,
-                        hook: String::new(),
-                        error: c.error.clone(),
-                    }
-                };
-                ip.xdp_generic = Check {
-                    hook: "xdp generic".into(),
+                let missing = |hook: &str| Check {
                     ok: false,
-                    error: c.error.clone(),
+                    hook: hook.into(),
+                    error: Some(format!("{e:#}")),
                 };
-                ip.tc_egress = Check {
-                    hook: "tcx egress".into(),
-                    ok: false,
-                    error: c.error,
-                };
+                ip.xdp_native = missing("xdp native");
+                ip.xdp_generic = missing("xdp generic");
+                ip.tc_egress = missing("tcx egress");
+                ip.tc_ingress = missing("tcx ingress");
                 p.interfaces.insert(name.clone(), ip);
                 continue;
             }
@@ -152,6 +144,11 @@ pub fn probe(interfaces: &[String]) -> Probe {
             "tcx egress",
             loader::load(&btf, &settings())
                 .and_then(|mut e| loader::attach_tc_egress(&mut e, name)),
+        );
+        ip.tc_ingress = check(
+            "tcx ingress",
+            loader::load(&btf, &settings())
+                .and_then(|mut e| loader::attach_ingress(&mut e, name, "tc").map(|_| ())),
         );
         p.interfaces.insert(name.clone(), ip);
     }

@@ -77,7 +77,7 @@ pub fn run(cfg: Config, sink: Box<dyn Sink>) -> Result<()> {
             egress: false,
         };
         if layers.contains(&Layer::DevRecv) {
-            a.ingress_mode = loader::attach_xdp(&mut ebpf, name, &cfg.xdp_mode)?;
+            a.ingress_mode = loader::attach_ingress(&mut ebpf, name, &cfg.xdp_mode)?;
         }
         if layers.contains(&Layer::DevSend) {
             loader::attach_tc_egress(&mut ebpf, name)?;

@@ -109,17 +109,14 @@ pub fn attach_xdp(prog: &mut Xdp, iface: &str, mode: XdpAttach) -> anyhow::Resul
         XdpAttach::Auto if driver_name(iface).as_deref() == Some("veth") => generic(prog),
         XdpAttach::Auto => match native(prog) {
             Ok(m) => Ok(m),
-            Err(native_err) => generic(prog).map_err(|e| {
-                tracing_note(&format!("native XDP on {iface} failed: {native_err}"));
-                e
+            Err(native_err) => generic(prog).inspect(|_| {
+                eprintln!(
+                    "timesync: native XDP on {iface} failed ({native_err}); using generic XDP"
+                );
             }),
         },
     };
     res.with_context(|| format!("failed to attach XDP ({mode:?}) to interface {iface}"))
-}
-
-fn tracing_note(msg: &str) {
-    eprintln!("timesync: {msg}");
 }
 
 /// Attaches a TC program (TCX on 6.6+, else netlink with a clsact qdisc).

@@ -51,11 +51,14 @@ pub struct Summary {
     pub probe_bytes_per_s_per_domain: f64,
 }
 
+/// (seconds since start, offset error ns, drift error ppm, bound ns, min delay ns) of one fit.
+type FitPoint = (f64, f64, f64, f64, u64);
+
 /// Summarises a run's output lines.
 pub fn summarize(lines: &str, truth: Truth, goal_ns: f64) -> anyhow::Result<Summary> {
     let mut start_ns = None;
     let mut rate = 0.0;
-    let mut per: Vec<(String, Vec<(f64, f64, f64, f64, u64)>)> = Vec::new();
+    let mut per: Vec<(String, Vec<FitPoint>)> = Vec::new();
     for (i, l) in lines
         .lines()
         .enumerate()

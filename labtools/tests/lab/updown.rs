@@ -66,6 +66,51 @@ fn snapshot() -> Vec<String> {
     s
 }
 
+/// PIDs of the daemons up started, from their PID files.
+fn daemon_pids() -> Vec<u32> {
+    let lab = lab_dir();
+    let mut files: Vec<_> = std::fs::read_dir(lab.join("run"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    for e in std::fs::read_dir(lab.join("sshd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        files.push(e.path().join("sshd.pid"));
+    }
+    files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "pid"))
+        .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+        .collect()
+}
+
+/// A lab daemon that inherited the lab lock's fd would hold the lock for its whole life.
+fn assert_no_daemon_holds_the_lock() {
+    let lock = labtools::testlab::state_dir().join("test.lock");
+    let pids = daemon_pids();
+    assert!(pids.len() >= 2, "no lab daemons found from their PID files");
+    for pid in pids {
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            assert_ne!(
+                target,
+                lock,
+                "lab daemon {pid} has the lab lock open (fd {:?})",
+                fd.file_name()
+            );
+        }
+    }
+}
+
 fn lab_entries(s: &[String]) -> Vec<&String> {
     s.iter()
         .filter(|e| !e.starts_with("mount /run/netns "))
@@ -92,6 +137,7 @@ fn down_up_three_times_leaves_the_machine_as_before() {
             up,
             "cycle {cycle}: the lab after up differs from the lab before"
         );
+        assert_no_daemon_holds_the_lock();
         ci_lab(&["status"]);
         ci_lab(&["down"]);
         ci_lab(&["down"]); // and so is a second down

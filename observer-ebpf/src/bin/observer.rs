@@ -225,10 +225,10 @@ mod programs {
             dport: r.dport,
             layer: layer as u32,
         };
-        let Some(st) = LP_RATE.get_ptr_mut(&key) else {
+        let Some(st) = LP_RATE.get_ptr_mut(key) else {
             let _ = LP_RATE.insert(
-                &key,
-                &RateState {
+                key,
+                RateState {
                     last_ns: ts,
                     level: 0,
                     _pad: 0,
@@ -397,7 +397,7 @@ mod programs {
     ) {
         let ts = clock_ns();
         let Some(g) = globals() else { return };
-        let slot = unsafe { LP_IFACES.get(&ifindex) }
+        let slot = unsafe { LP_IFACES.get(ifindex) }
             .copied()
             .unwrap_or(u32::MAX);
         let ifc = LP_IFCOUNT.get_ptr_mut(slot);
@@ -501,6 +501,27 @@ mod programs {
         TC_ACT_PIPE
     }
 
+    // ---- dev_recv, alternative: TC ingress (TCX), where XDP is unwanted or unavailable ----
+
+    /// Same samples as `lp_xdp_dev_recv`, a little later (after GRO, in __netif_receive_skb_core):
+    /// on veths native XDP switches the device to its NAPI path, which costs more throughput
+    /// than the program itself. Also where another XDP program (a timesync reflector, someone
+    /// else's) holds the interface: it has one XDP program, but TCX links coexist.
+    #[classifier]
+    pub fn lp_tc_dev_recv(ctx: TcContext) -> i32 {
+        let skb = unsafe { &*ctx.skb.skb };
+        let b = SkbBytes(&ctx.skb);
+        on_interface(
+            &b,
+            14,
+            skb.protocol as u16,
+            skb.ifindex,
+            Layer::DevRecv,
+            |_| false,
+        );
+        TC_ACT_PIPE
+    }
+
     /// Whether a segment starting at `seq` was sent before (seq < snd_nxt): TCP advances snd_nxt
     /// only after a new segment has been handed down, so on the transmit path a first
     /// transmission has seq == snd_nxt and a retransmission seq < snd_nxt.
@@ -574,7 +595,7 @@ mod programs {
     fn sock_netns(sk: u64, o: &KernelOffsets) -> Option<u32> {
         let net: u64 = read_k(sk, o.sk_net)?;
         let inum: u32 = read_k(net, o.net_inum)?;
-        unsafe { LP_NETNS.get(&inum) }?;
+        unsafe { LP_NETNS.get(inum) }?;
         Some(inum)
     }
 
@@ -582,7 +603,7 @@ mod programs {
     fn dev_netns(dev: u64, o: &KernelOffsets) -> Option<u32> {
         let net: u64 = read_k(dev, o.dev_nd_net)?;
         let inum: u32 = read_k(net, o.net_inum)?;
-        unsafe { LP_NETNS.get(&inum) }?;
+        unsafe { LP_NETNS.get(inum) }?;
         Some(inum)
     }
 
@@ -617,7 +638,7 @@ mod programs {
         let ifindex: u32 = read_k(dev, o.dev_ifindex)?;
         if layer.is_interface_layer() {
             // Interface layers only on the interfaces this observer was told to watch.
-            unsafe { LP_IFACES.get(&ifindex) }?;
+            unsafe { LP_IFACES.get(ifindex) }?;
         }
         let netns = dev_netns(dev, o)?;
         let head: u64 = read_k(skb, o.skb_head)?;
@@ -743,7 +764,7 @@ mod programs {
         let id: u64 = ctx.arg(1);
         if id == SYS_WRITE || id == SYS_WRITEV || id == SYS_SENDTO || id == SYS_SENDMSG {
             let t = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-            let _ = LP_SEND_ENTRY.insert(&t, &clock_ns(), 0);
+            let _ = LP_SEND_ENTRY.insert(t, clock_ns(), 0);
         }
         0
     }
@@ -761,8 +782,8 @@ mod programs {
         let now = clock_ns();
         let t = aya_ebpf::helpers::bpf_get_current_pid_tgid();
         // The syscall may have blocked for buffer space: the bytes were handed over at entry.
-        let entry = unsafe { LP_SEND_ENTRY.get(&t) }.copied();
-        let _ = LP_SEND_ENTRY.remove(&t);
+        let entry = unsafe { LP_SEND_ENTRY.get(t) }.copied();
+        let _ = LP_SEND_ENTRY.remove(t);
         if ret <= 0 {
             return None;
         }
@@ -804,8 +825,8 @@ mod programs {
         let (local, lport, remote, rport) = sock_endpoints(sk, o)?;
         let nxt: u32 = read_k(sk, o.tp_rcv_nxt)?;
         // The bytes newly queued since the last wake-up are [previous rcv_nxt, rcv_nxt).
-        let prev = unsafe { LP_RCV_TAIL.get(&sk) }.copied();
-        let _ = LP_RCV_TAIL.insert(&sk, &nxt, 0);
+        let prev = unsafe { LP_RCV_TAIL.get(sk) }.copied();
+        let _ = LP_RCV_TAIL.insert(sk, nxt, 0);
         let prev = prev?;
         let len = nxt.wrapping_sub(prev);
         if len == 0 || len > (1 << 30) {

@@ -199,7 +199,7 @@ mod programs {
             if !is_ours(p, KIND_PROBE) || rd16(p, UDP_OFF + 2) != port() {
                 return xdp_action::XDP_PASS;
             }
-            if LP_TS_LOCAL.get(&rd32(p, IP_OFF + 16)).is_none() {
+            if LP_TS_LOCAL.get(rd32(p, IP_OFF + 16)).is_none() {
                 return xdp_action::XDP_PASS;
             }
             let drop = core::ptr::read_volatile(&LP_TS_TEST_DROP);
@@ -283,7 +283,7 @@ mod programs {
             unsafe {
                 if is_ours(p, KIND_REPLY) && rd16(p, UDP_OFF) == port() {
                     let id = rd64(p, PAY_OFF + O_ID);
-                    let _ = LP_TS_RX.insert(&id, &t4, 0);
+                    let _ = LP_TS_RX.insert(id, t4, 0);
                 }
             }
         }
@@ -305,7 +305,7 @@ mod programs {
             unsafe {
                 if is_ours(p, KIND_REPLY) && rd16(p, UDP_OFF) == port() {
                     let id = rd64(p, PAY_OFF + O_ID);
-                    let _ = LP_TS_RX.insert(&id, &t4, 0);
+                    let _ = LP_TS_RX.insert(id, t4, 0);
                 }
             }
         }
@@ -322,7 +322,7 @@ mod programs {
             unsafe {
                 if is_ours(p, KIND_PROBE) && rd16(p, UDP_OFF + 2) == port() {
                     let id = rd64(p, PAY_OFF + O_ID);
-                    let _ = LP_TS_TX.insert(&id, &t1, 0);
+                    let _ = LP_TS_TX.insert(id, t1, 0);
                 }
             }
         }

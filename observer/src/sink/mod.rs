@@ -19,6 +19,12 @@ pub struct StdoutSink {
     out: std::io::BufWriter<std::io::Stdout>,
 }
 
+impl Default for StdoutSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl StdoutSink {
     pub fn new() -> Self {
         StdoutSink {

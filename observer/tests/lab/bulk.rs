@@ -8,7 +8,16 @@ const PORT: u16 = 5301;
 fn every_layer_records_sampled_bytes_and_they_match_across_hosts_in_path_order() {
     labtools::testlab::require_lab();
     let _lock = labtools::testlab::lock_lab();
-    let args = ["--interfaces", "wan0", "--ports", "5301", "--size", "65536", "--stats-interval", "1"];
+    let args = [
+        "--interfaces",
+        "wan0",
+        "--ports",
+        "5301",
+        "--size",
+        "65536",
+        "--stats-interval",
+        "1",
+    ];
     let snd = Observer::start(METAL1, &args);
     let rcv = Observer::start(METAL2, &args);
     let addr = format!("{METAL2_WAN}:{PORT}");
@@ -28,15 +37,34 @@ fn every_layer_records_sampled_bytes_and_they_match_across_hosts_in_path_order()
         let n = rcv.count(l, PORT);
         assert!(n >= 3000, "receiver {} recorded {n} samples", l.name());
     }
-    for s in snd.stats.last().unwrap().layers.iter().chain(&rcv.stats.last().unwrap().layers) {
-        assert_eq!(s.ringbuf_full, 0, "{} lost records to a full ring buffer", s.layer.name());
+    for s in snd
+        .stats
+        .last()
+        .unwrap()
+        .layers
+        .iter()
+        .chain(&rcv.stats.last().unwrap().layers)
+    {
+        assert_eq!(
+            s.ringbuf_full,
+            0,
+            "{} lost records to a full ring buffer",
+            s.layer.name()
+        );
     }
 
     // ≥ 99% of the bytes sampled leaving the sender are sampled arriving at the receiver.
     let sf = snd.first_seen(PORT);
     let rf = rcv.first_seen(PORT);
-    let sent: Vec<u32> = sf.keys().filter(|(l, _)| *l == Layer::DevSend).map(|k| k.1).collect();
-    let found = sent.iter().filter(|s| rf.contains_key(&(Layer::DevRecv, **s))).count();
+    let sent: Vec<u32> = sf
+        .keys()
+        .filter(|(l, _)| *l == Layer::DevSend)
+        .map(|k| k.1)
+        .collect();
+    let found = sent
+        .iter()
+        .filter(|s| rf.contains_key(&(Layer::DevRecv, **s)))
+        .count();
     assert!(
         found * 100 >= sent.len() * 99,
         "{found} of {} dev_send samples found at the receiver's dev_recv",

@@ -7,7 +7,10 @@ use std::process::{Child, Command, Stdio};
 /// carry `prog_id:`).
 fn programs_of(pid: i32) -> HashSet<u64> {
     let mut ids = HashSet::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
         let info = std::fs::read_to_string(e.path()).unwrap_or_default();
         for line in info.lines() {
             if let Some(v) = line.strip_prefix("prog_id:") {
@@ -19,14 +22,28 @@ fn programs_of(pid: i32) -> HashSet<u64> {
 }
 
 fn all_programs() -> HashSet<u64> {
-    let o = Command::new("bpftool").args(["-j", "prog", "show"]).output().unwrap();
+    let o = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v.as_array().unwrap().iter().map(|p| p["id"].as_u64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect()
 }
 
 fn links() -> Vec<serde_json::Value> {
-    let o = Command::new("bpftool").args(["-j", "link", "show"]).output().unwrap();
-    serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap().as_array().cloned().unwrap_or_default()
+    let o = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .unwrap();
+    serde_json::from_slice::<serde_json::Value>(&o.stdout)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn wait_gone(ids: &HashSet<u64>) -> HashSet<u64> {
@@ -53,12 +70,22 @@ fn a_killed_observer_leaves_nothing_attached() {
     let _lock = labtools::testlab::lock_lab();
     let mut obs = Observer::start(METAL1, &["--interfaces", "wan0,mgmt0"]);
     let ours = programs_of(obs.pid());
-    assert!(ours.len() >= 10, "the observer holds its programs: {ours:?}");
+    assert!(
+        ours.len() >= 10,
+        "the observer holds its programs: {ours:?}"
+    );
     kill9(&mut obs);
     assert!(wait_gone(&ours).is_empty(), "programs left after kill -9");
     let net = labtools::testlab::ns_run(METAL1, &["bpftool", "net", "show"]);
-    assert!(!net.contains("lp_"), "interfaces still have our programs: {net}");
-    assert!(links().iter().all(|l| !ours.contains(&l["prog_id"].as_u64().unwrap_or(0))));
+    assert!(
+        !net.contains("lp_"),
+        "interfaces still have our programs: {net}"
+    );
+    assert!(
+        links()
+            .iter()
+            .all(|l| !ours.contains(&l["prog_id"].as_u64().unwrap_or(0)))
+    );
 }
 
 /// A private mount namespace with bpffs, so the pinned leftover never touches the host's mounts.
@@ -66,7 +93,14 @@ struct BpffsNs(Child);
 impl BpffsNs {
     fn new() -> BpffsNs {
         let c = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", "mount -t bpf bpf /sys/fs/bpf && exec sleep 600"])
+            .args([
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount -t bpf bpf /sys/fs/bpf && exec sleep 600",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .expect("unshare");
@@ -75,7 +109,11 @@ impl BpffsNs {
     }
     fn run(&self, argv: &[&str]) -> std::process::Output {
         let pid = self.0.id().to_string();
-        Command::new("nsenter").args(["-t", &pid, "-m", "--"]).args(argv).output().unwrap()
+        Command::new("nsenter")
+            .args(["-t", &pid, "-m", "--"])
+            .args(argv)
+            .output()
+            .unwrap()
     }
 }
 impl Drop for BpffsNs {
@@ -98,20 +136,54 @@ fn cleanup_removes_a_pinned_leftover_and_is_idempotent() {
         .find(|l| ours.contains(&l["prog_id"].as_u64().unwrap_or(0)))
         .expect("the observer's XDP link");
     let id = link["id"].as_u64().unwrap().to_string();
-    let o = ns.run(&["bpftool", "link", "pin", "id", &id, "/sys/fs/bpf/lp_leftover"]);
-    assert!(o.status.success(), "pin: {}", String::from_utf8_lossy(&o.stderr));
+    let o = ns.run(&[
+        "bpftool",
+        "link",
+        "pin",
+        "id",
+        &id,
+        "/sys/fs/bpf/lp_leftover",
+    ]);
+    assert!(
+        o.status.success(),
+        "pin: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     kill9(&mut obs);
-    assert!(links().iter().any(|l| l["id"].as_u64().unwrap().to_string() == id), "the pin keeps the link");
+    assert!(
+        links()
+            .iter()
+            .any(|l| l["id"].as_u64().unwrap().to_string() == id),
+        "the pin keeps the link"
+    );
 
     let bin = observer_bin();
     let o = ns.run(&[bin.to_str().unwrap(), "cleanup", "--json"]);
-    assert!(o.status.success(), "cleanup: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "cleanup: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(r["unpinned"], serde_json::json!(["/sys/fs/bpf/lp_leftover"]));
-    assert!(wait_gone(&ours).is_empty(), "the leftover's program is gone");
-    assert!(links().iter().all(|l| l["id"].as_u64().unwrap().to_string() != id));
+    assert_eq!(
+        r["unpinned"],
+        serde_json::json!(["/sys/fs/bpf/lp_leftover"])
+    );
+    assert!(
+        wait_gone(&ours).is_empty(),
+        "the leftover's program is gone"
+    );
+    assert!(
+        links()
+            .iter()
+            .all(|l| l["id"].as_u64().unwrap().to_string() != id)
+    );
 
     let o = ns.run(&[bin.to_str().unwrap(), "cleanup", "--json"]);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(r["unpinned"], serde_json::json!([]), "second run finds nothing");
+    assert_eq!(
+        r["unpinned"],
+        serde_json::json!([]),
+        "second run finds nothing"
+    );
 }

@@ -7,7 +7,13 @@ const PORT: u16 = 5302;
 
 fn largest(segs: &[(Layer, Layer, i64, usize)]) -> (Layer, Layer) {
     for s in segs {
-        assert!(s.3 >= 20, "segment {}→{} has only {} matched bytes", s.0.name(), s.1.name(), s.3);
+        assert!(
+            s.3 >= 20,
+            "segment {}→{} has only {} matched bytes",
+            s.0.name(),
+            s.1.name(),
+            s.3
+        );
     }
     let m = segs.iter().max_by_key(|s| s.2).unwrap();
     (m.0, m.1)
@@ -27,7 +33,16 @@ fn a_bulk_writer_into_a_slow_network_waits_in_its_socket_buffer() {
     let _lock = labtools::testlab::lock_lab();
     ci_lab(&["delay", "wan", "5ms"]);
     let _restore = NoDelay;
-    let args = ["--interfaces", "wan0", "--ports", "5302", "--size", "16384", "--stats-interval", "1"];
+    let args = [
+        "--interfaces",
+        "wan0",
+        "--ports",
+        "5302",
+        "--size",
+        "16384",
+        "--stats-interval",
+        "1",
+    ];
     let snd = Observer::start(METAL1, &args);
     let addr = format!("{METAL2_WAN}:{PORT}");
     let server = tcp_recv(METAL2, &addr, &[]);
@@ -36,14 +51,27 @@ fn a_bulk_writer_into_a_slow_network_waits_in_its_socket_buffer() {
     let snd = snd.stop();
     let segs = segment_medians(&snd, PORT, &SEND_PATH);
     eprintln!("sender medians: {segs:?}");
-    assert_eq!(largest(&segs), (Layer::SockSend, Layer::TcpSend), "{segs:?}");
+    assert_eq!(
+        largest(&segs),
+        (Layer::SockSend, Layer::TcpSend),
+        "{segs:?}"
+    );
 }
 
 #[test]
 fn a_slow_reader_leaves_bytes_waiting_in_its_receive_queue() {
     labtools::testlab::require_lab();
     let _lock = labtools::testlab::lock_lab();
-    let args = ["--interfaces", "wan0", "--ports", "5302", "--size", "16384", "--stats-interval", "1"];
+    let args = [
+        "--interfaces",
+        "wan0",
+        "--ports",
+        "5302",
+        "--size",
+        "16384",
+        "--stats-interval",
+        "1",
+    ];
     let rcv = Observer::start(METAL2, &args);
     let addr = format!("{METAL2_WAN}:{PORT}");
     let server = tcp_recv(METAL2, &addr, &["--read-rate", "2M"]);
@@ -52,5 +80,9 @@ fn a_slow_reader_leaves_bytes_waiting_in_its_receive_queue() {
     let rcv = rcv.stop();
     let segs = segment_medians(&rcv, PORT, &RECV_PATH);
     eprintln!("receiver medians: {segs:?}");
-    assert_eq!(largest(&segs), (Layer::SockQueue, Layer::SockRecv), "{segs:?}");
+    assert_eq!(
+        largest(&segs),
+        (Layer::SockQueue, Layer::SockRecv),
+        "{segs:?}"
+    );
 }

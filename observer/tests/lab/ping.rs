@@ -6,9 +6,29 @@ use crate::support::*;
 fn xdp_and_tc_count_a_pings_packets_exactly() {
     labtools::testlab::require_lab();
     let _lock = labtools::testlab::lock_lab();
-    let obs = Observer::start(METAL1, &["--interfaces", "wan0", "--layers", "dev_send,dev_recv", "--stats-interval", "1"]);
-    let o = labtools::testlab::ns_exec(METAL1, &["ping", "-c", "5", "-i", "0.2", "-W", "2", METAL2_WAN]);
-    assert!(o.status.success(), "ping failed: {}", String::from_utf8_lossy(&o.stdout));
+    let obs = Observer::start(
+        METAL1,
+        &[
+            "--interfaces",
+            "wan0",
+            "--layers",
+            "dev_send,dev_recv",
+            // dev_recv would default to TCX ingress on a veth; this test is about XDP.
+            "--xdp-mode",
+            "native",
+            "--stats-interval",
+            "1",
+        ],
+    );
+    let o = labtools::testlab::ns_exec(
+        METAL1,
+        &["ping", "-c", "5", "-i", "0.2", "-W", "2", METAL2_WAN],
+    );
+    assert!(
+        o.status.success(),
+        "ping failed: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let rec = obs.stop();
     assert!(rec.bye, "clean stop ends with a Bye frame");
     let c = &rec.interface_counters()["wan0"];

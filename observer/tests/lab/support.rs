@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 pub const METAL1: &str = "lp-metal1";
 pub const METAL2: &str = "lp-metal2";
-pub const METAL1_WAN: &str = "10.78.0.1";
 pub const METAL2_WAN: &str = "10.78.0.2";
 
 pub fn observer_bin() -> PathBuf {
@@ -23,7 +22,11 @@ pub fn observer_bin() -> PathBuf {
 
 pub fn lab_traffic() -> PathBuf {
     let p = labtools::testlab::state_dir().join("lab/bin/lab-traffic");
-    assert!(p.exists(), "{} missing: `ci/lab up` installs it", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: `ci/lab up` installs it",
+        p.display()
+    );
     p
 }
 
@@ -80,7 +83,10 @@ impl Observer {
             if log.contains("observer: attached") {
                 return;
             }
-            assert!(!log.contains("observer: error"), "observer failed to start: {log}");
+            assert!(
+                !log.contains("observer: error"),
+                "observer failed to start: {log}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("observer did not attach within 60 s: {}", self.log());
@@ -121,12 +127,20 @@ impl Recorded {
     fn read(o: &Observer) -> Recorded {
         let f = std::fs::File::open(o.dir.path().join("stream")).unwrap();
         let mut r = FrameReader::new(f);
-        let mut rec = Recorded { samples: Vec::new(), stats: Vec::new(), bye: false, log: o.log() };
+        let mut rec = Recorded {
+            samples: Vec::new(),
+            stats: Vec::new(),
+            bye: false,
+            log: o.log(),
+        };
         let mut next_seq = 0;
         while let Some(frame) = r.next_frame().expect("stream decodes") {
             match frame {
                 Frame::Samples { first_seq, samples } => {
-                    assert_eq!(first_seq, next_seq, "record sequence numbers are contiguous");
+                    assert_eq!(
+                        first_seq, next_seq,
+                        "record sequence numbers are contiguous"
+                    );
                     next_seq += samples.len() as u64;
                     rec.samples.extend(samples);
                 }
@@ -147,7 +161,9 @@ impl Recorded {
             .find_map(|l| l.strip_prefix("observer: interfaces "))
             .expect("observer logged interface counters");
         let v: Vec<serde_json::Value> = serde_json::from_str(line).unwrap();
-        v.into_iter().map(|x| (x["name"].as_str().unwrap().to_string(), x)).collect()
+        v.into_iter()
+            .map(|x| (x["name"].as_str().unwrap().to_string(), x))
+            .collect()
     }
 
     /// First record per (layer, 32-bit sequence number) of the flow with destination port `port`.
@@ -163,7 +179,10 @@ impl Recorded {
     }
 
     pub fn count(&self, layer: Layer, port: u16) -> usize {
-        self.samples.iter().filter(|s| s.layer == layer && s.dport == port).count()
+        self.samples
+            .iter()
+            .filter(|s| s.layer == layer && s.dport == port)
+            .count()
     }
 }
 
@@ -190,7 +209,11 @@ pub fn tcp_send(netns: &str, addr: &str, extra: &[&str]) {
         .args(extra)
         .output()
         .expect("run tcp-send");
-    assert!(o.status.success(), "tcp-send failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "tcp-send failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 pub fn wait_ok(mut c: Child, what: &str) {
@@ -206,16 +229,20 @@ pub fn median(mut v: Vec<i64>) -> i64 {
 }
 
 /// Median per-segment delay between consecutive layers, over sampled bytes seen at both.
-pub fn segment_medians(rec: &Recorded, port: u16, path: &[Layer]) -> Vec<(Layer, Layer, i64, usize)> {
+pub fn segment_medians(
+    rec: &Recorded,
+    port: u16,
+    path: &[Layer],
+) -> Vec<(Layer, Layer, i64, usize)> {
     let first = rec.first_seen(port);
     let mut out = Vec::new();
     for w in path.windows(2) {
         let mut d = Vec::new();
         for ((l, seq), s) in &first {
-            if *l == w[0] {
-                if let Some(n) = first.get(&(w[1], *seq)) {
-                    d.push(n.ts_ns as i64 - s.ts_ns as i64);
-                }
+            if *l == w[0]
+                && let Some(n) = first.get(&(w[1], *seq))
+            {
+                d.push(n.ts_ns as i64 - s.ts_ns as i64);
             }
         }
         let n = d.len();
@@ -224,5 +251,17 @@ pub fn segment_medians(rec: &Recorded, port: u16, path: &[Layer]) -> Vec<(Layer,
     out
 }
 
-pub const SEND_PATH: [Layer; 5] = [Layer::SockSend, Layer::TcpSend, Layer::IpSend, Layer::DevSend, Layer::DevXmit];
-pub const RECV_PATH: [Layer; 5] = [Layer::DevRecv, Layer::IpRecv, Layer::TcpRecv, Layer::SockQueue, Layer::SockRecv];
+pub const SEND_PATH: [Layer; 5] = [
+    Layer::SockSend,
+    Layer::TcpSend,
+    Layer::IpSend,
+    Layer::DevSend,
+    Layer::DevXmit,
+];
+pub const RECV_PATH: [Layer; 5] = [
+    Layer::DevRecv,
+    Layer::IpRecv,
+    Layer::TcpRecv,
+    Layer::SockQueue,
+    Layer::SockRecv,
+];

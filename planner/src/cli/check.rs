@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use comfy_table::{Cell, Color, Table};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use tokio::sync::Semaphore;
 
 use super::inventory::load;
@@ -111,13 +111,7 @@ async fn run_checks(
             kernels.push(k);
         }
     }
-    let bar = ProgressBar::new(kernels.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} checking [{bar:20}] {pos}/{len} {wide_msg}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
+    let bar = super::host_progress(kernels.len(), "checking");
     let sem = Arc::new(Semaphore::new(opts.forks.max(1)));
     let tasks = kernels.iter().map(|h| {
         let sem = sem.clone();

@@ -3,11 +3,13 @@
 //! Adding a subcommand: write `cli/NAME.rs` with a clap `Args` struct implementing [`Command`],
 //! add `mod NAME;` and one line to the `subcommands!` list below. Subcommands return
 //! `anyhow::Result<Outcome>`; `main` is the only place errors and outcomes become exit codes.
+mod apply;
 mod check;
 mod import;
 mod inventory;
 mod plan;
 pub mod report;
+mod teardown;
 
 use std::ffi::OsString;
 
@@ -96,6 +98,10 @@ subcommands! {
     Inventory(inventory::Args),
     /// Show each host's plan and what it would change (ok/changed); changes nothing.
     Plan(plan::Args),
+    /// Run a measurement session: converge the hosts, sync clocks, observe, collect, report.
+    Apply(apply::Args),
+    /// Stop and remove everything latplan put on the hosts.
+    Teardown(teardown::Args),
     /// Analyse a stored session: the latency breakdown as a table, JSON, CSV or HTML.
     Report(report::Args),
 }
@@ -140,6 +146,19 @@ pub fn print_out(text: &str) -> anyhow::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// A progress bar on stderr for work over `len` hosts (hidden when stderr is not a terminal).
+pub fn host_progress(len: usize, verb: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    let template = format!("{{spinner}} {verb} [{{bar:20}}] {{pos}}/{{len}} {{wide_msg}}");
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
 }
 
 /// A tokio runtime for subcommands that talk to hosts. Built per command (not in `main`) so

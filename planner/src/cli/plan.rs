@@ -121,10 +121,13 @@ async fn plan_online(
     opts: &ConnectOptions,
 ) -> Vec<HostResult> {
     let sem = Arc::new(Semaphore::new(opts.forks.max(1)));
+    let bar = super::host_progress(plans.len(), "gathering facts");
     let tasks = plans.iter().map(|plan| {
         let sem = sem.clone();
+        let bar = bar.clone();
         async move {
             let _p = sem.acquire().await.expect("never closed");
+            let _done = Tick(bar);
             let h: &Host = &inv.hosts[&plan.host];
             let t = match connect_host(h, opts).await {
                 Ok(t) => t,
@@ -164,7 +167,18 @@ async fn plan_online(
             r
         }
     });
-    futures::future::join_all(tasks).await
+    let results = futures::future::join_all(tasks).await;
+    bar.finish_and_clear();
+    results
+}
+
+/// Advances the bar when a host's work ends, whichever way it ends.
+struct Tick(indicatif::ProgressBar);
+
+impl Drop for Tick {
+    fn drop(&mut self) {
+        self.0.inc(1);
+    }
 }
 
 fn describe(t: &Task) -> String {

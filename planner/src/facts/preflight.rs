@@ -399,12 +399,21 @@ fn judge_probe(
     let mut xdp_bad = Vec::new();
     let mut tc_bad = Vec::new();
     for i in interfaces {
+        // A missing interface fails `interfaces`; failing xdp and tc for it too would only repeat that.
+        if facts.is_some_and(|f| !f.interfaces.get(i).is_some_and(|x| x.exists)) {
+            continue;
+        }
         match probe.interfaces.get(i) {
             Some(ip) if ip.exists => {
                 if ip.xdp_native.ok {
                     xdp_modes.push("native");
                 } else if ip.xdp_generic.ok {
                     xdp_modes.push("generic");
+                } else if let Some(f) = xdp_foreign.iter().find(|f| f.0 == *i) {
+                    xdp_bad.push(format!(
+                        "{i}: held by someone else's program `{}` (see `foreign`)",
+                        f.2
+                    ));
                 } else {
                     let e = ip
                         .xdp_generic

@@ -172,3 +172,18 @@ fn inheritance_follows_the_documented_order() {
     assert_eq!(inv.session.bus, "redis://127.0.0.1:6379");
     assert_eq!(inv.session.store, "sqlite://latplan.db", "embedded default");
 }
+
+#[test]
+fn the_example_inventory_loads() {
+    let inv = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../inventory/example"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let vm = &inv.hosts["vm-a"];
+    assert_eq!(vm.parent.as_deref(), Some("node-a"));
+    assert_eq!(vm.ssh.as_ref().unwrap().user.as_deref(), Some("ubuntu"));
+    assert_eq!(vm.params["iperf_port"], 5201);
+    let b = &inv.hosts["node-b"];
+    assert_eq!(b.ssh.as_ref().unwrap().port, Some(2222));
+    assert_eq!(b.install_dir.as_deref(), Some(Path::new("/srv/latplan")));
+    assert!(b.address.is_none(), "reached through its ssh config alias");
+    assert_eq!(inv.hosts["web1"].clock_domain, "node-a");
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::shell::quote;
-use super::{Cmd, Output, Transport, TransportError};
+use super::{Cmd, Output, Spawned, Transport, TransportError};
 
 pub struct ContainerTransport {
     host: String,
@@ -24,6 +24,25 @@ impl ContainerTransport {
     }
 }
 
+impl ContainerTransport {
+    /// The command as the parent runs it: inside the container's network namespace.
+    fn enter(&self, cmd: Cmd) -> Cmd {
+        match &self.netns {
+            None => cmd,
+            Some(ns) => Cmd {
+                // Entering a namespace needs root on the parent.
+                script: format!(
+                    "exec ip netns exec {} sh -c {}",
+                    quote(ns),
+                    quote(&cmd.script)
+                ),
+                become_root: true,
+                ..cmd
+            },
+        }
+    }
+}
+
 #[async_trait]
 impl Transport for ContainerTransport {
     fn host(&self) -> &str {
@@ -31,24 +50,11 @@ impl Transport for ContainerTransport {
     }
 
     async fn exec(&self, cmd: Cmd) -> Result<Output, TransportError> {
-        match &self.netns {
-            None => self.parent.exec(cmd).await,
-            Some(ns) => {
-                // Entering a namespace needs root on the parent.
-                let script = format!(
-                    "exec ip netns exec {} sh -c {}",
-                    quote(ns),
-                    quote(&cmd.script)
-                );
-                self.parent
-                    .exec(Cmd {
-                        script,
-                        become_root: true,
-                        ..cmd
-                    })
-                    .await
-            }
-        }
+        self.parent.exec(self.enter(cmd)).await
+    }
+
+    async fn spawn(&self, cmd: Cmd) -> Result<Spawned, TransportError> {
+        self.parent.spawn(self.enter(cmd)).await
     }
 
     async fn close(&self) -> Result<(), TransportError> {

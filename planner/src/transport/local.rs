@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 
 use super::shell::with_become;
-use super::{Cmd, Output, Transport, TransportError, describe};
+use super::{Cmd, Output, Spawned, Transport, TransportError, describe};
 
 pub struct LocalTransport {
     host: String,
@@ -73,6 +73,41 @@ impl Transport for LocalTransport {
         }
     }
 
+    async fn spawn(&self, cmd: Cmd) -> Result<Spawned, TransportError> {
+        let what = describe(&cmd.script);
+        let host = self.host.clone();
+        let err = move |reason: String| TransportError::Exec {
+            host: host.clone(),
+            what: what.clone(),
+            reason,
+        };
+        let mut c = tokio::process::Command::new("sh");
+        c.arg("-c").arg(with_become(&cmd.script, cmd.become_root));
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = c.spawn().map_err(|e| err(e.to_string()))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(err("the command's pipes were not opened".into()));
+        };
+        let exit = Box::pin(async move {
+            child
+                .wait()
+                .await
+                .map(|s| s.code())
+                .map_err(|e| err(e.to_string()))
+        });
+        Ok(Spawned {
+            stdin: Box::pin(stdin),
+            stdout: Box::pin(stdout),
+            stderr: Box::pin(stderr),
+            exit,
+        })
+    }
+
     async fn close(&self) -> Result<(), TransportError> {
         Ok(())
     }
@@ -117,6 +152,30 @@ mod tests {
             sha256_hex(&data)
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn spawned_processes_stream_both_ways_and_stop_when_stdin_closes() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let t = LocalTransport::new("here", Duration::from_secs(10));
+        let p = t
+            .spawn(Cmd::new("while read l; do echo \"got $l\"; done; exit 4"))
+            .await
+            .unwrap();
+        let (mut stdin, mut lines) = (p.stdin, BufReader::new(p.stdout).lines());
+        for word in ["first", "second"] {
+            stdin
+                .write_all(format!("{word}\n").as_bytes())
+                .await
+                .unwrap();
+            stdin.flush().await.unwrap();
+            assert_eq!(
+                lines.next_line().await.unwrap(),
+                Some(format!("got {word}"))
+            );
+        }
+        drop(stdin);
+        assert_eq!(p.exit.await.unwrap(), Some(4));
     }
 
     #[tokio::test]

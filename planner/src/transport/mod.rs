@@ -11,9 +11,12 @@ pub mod shell;
 mod ssh;
 
 use std::path::Path;
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use container::ContainerTransport;
 pub use local::LocalTransport;
@@ -145,8 +148,21 @@ pub trait Transport: Send + Sync {
         check(self.host(), &format!("get {}", path.display()), out).map(|o| o.stdout)
     }
 
+    /// Starts a script and returns at once with its pipes: `exec` for commands that stream.
+    async fn spawn(&self, cmd: Cmd) -> Result<Spawned, TransportError>;
+
     /// Ends the connection (a no-op for local transports).
     async fn close(&self) -> Result<(), TransportError>;
+}
+
+/// A long-running command with its pipes open: how observers and reflectors run. Closing (or
+/// dropping) `stdin` is how the manager tells it to stop; `exit` resolves when it has ended.
+pub struct Spawned {
+    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    pub stderr: Pin<Box<dyn AsyncRead + Send>>,
+    /// The exit code (`None` when killed by a signal).
+    pub exit: BoxFuture<'static, Result<Option<i32>, TransportError>>,
 }
 
 /// Turns a non-zero exit into [`TransportError::Failed`].

@@ -132,3 +132,44 @@ impl Pool {
         futures::future::join_all(closes).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::load_str;
+
+    #[tokio::test]
+    async fn local_hosts_and_their_containers_connect_and_run() {
+        let inv = load_str(
+            "t.yaml",
+            "all:\n  hosts:\n    here: {connection: local}\n    ct: {kind: container, parent: here, host_interface: lo}\n    far: {address: 127.0.0.1, ssh: {port: 1, connect_timeout: 2}}\n",
+        )
+        .unwrap();
+        let names: Vec<String> = inv.order.clone();
+        let done = std::sync::Mutex::new(Vec::new());
+        let opts = ConnectOptions {
+            control_dir: tempfile::tempdir().unwrap().keep(),
+            ..Default::default()
+        };
+        let pool = Pool::connect(&inv, &names, &opts, &|h| {
+            done.lock().unwrap().push(h.to_string())
+        })
+        .await;
+        assert_eq!(pool.connected.keys().collect::<Vec<_>>(), ["ct", "here"]);
+        let far = &pool.failed["far"];
+        assert!(far.is_unreachable(), "{far}");
+        assert!(far.to_string().contains("far"), "{far}");
+        let out = pool.connected["ct"]
+            .exec(crate::transport::Cmd::new("echo from-ct"))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_str(), "from-ct\n");
+        assert_eq!(
+            done.lock().unwrap().len(),
+            3,
+            "progress is reported for every host"
+        );
+        pool.close().await;
+        let _ = std::fs::remove_dir_all(&opts.control_dir);
+    }
+}

@@ -10,7 +10,7 @@ use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::AsyncWriteExt;
 
 use super::shell::{quote, with_become};
-use super::{Cmd, Output, Transport, TransportError, describe};
+use super::{Cmd, Output, Spawned, Transport, TransportError, describe};
 use crate::inventory::{Host, SshSettings};
 
 pub struct SshTransport {
@@ -173,6 +173,45 @@ impl Transport for SshTransport {
                 secs: limit.as_secs(),
             }),
         }
+    }
+
+    async fn spawn(&self, cmd: Cmd) -> Result<Spawned, TransportError> {
+        let what = describe(&cmd.script);
+        let host = self.host.clone();
+        let err = move |reason: String| TransportError::Exec {
+            host: host.clone(),
+            what: what.clone(),
+            reason,
+        };
+        let session = self
+            .session()
+            .ok_or_else(|| err("the connection is closed".into()))?;
+        let script = with_become(&cmd.script, cmd.become_root);
+        let mut c = Session::to_raw_command(session, format!("sh -c {}", quote(&script)));
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().await.map_err(|e| err(connect_reason(&e)))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) = (
+            child.stdin().take(),
+            child.stdout().take(),
+            child.stderr().take(),
+        ) else {
+            return Err(err("the command's pipes were not opened".into()));
+        };
+        let exit = Box::pin(async move {
+            child
+                .wait()
+                .await
+                .map(|s| s.code())
+                .map_err(|e| err(connect_reason(&e)))
+        });
+        Ok(Spawned {
+            stdin: Box::pin(stdin),
+            stdout: Box::pin(stdout),
+            stderr: Box::pin(stderr),
+            exit,
+        })
     }
 
     async fn close(&self) -> Result<(), TransportError> {

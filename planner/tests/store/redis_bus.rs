@@ -4,6 +4,9 @@ use std::time::Duration;
 use planner::collector::redis::{DEFAULT_MAXLEN, RedisSource, status_key, stream_key};
 use planner::collector::synthetic::SyntheticObserver;
 use planner::collector::{Collector, CollectorConfig};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
 
 use super::*;
 
@@ -303,4 +306,108 @@ async fn the_observer_writer_sink_ships_its_frames() {
     bus.delete_keys(session, &host).await.unwrap();
     store.close().await;
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `rediss://`: a TLS-only Redis (started here on a spare port with a throw-away CA) carries the
+/// whole path: provisioning, the observer's sink (CA handed over in the stdin line) and the source.
+#[tokio::test]
+async fn rediss_urls_use_tls_end_to_end() {
+    let _g = SERVICES.read().await;
+    let tls = TlsRedis::start(16390);
+    let ca = std::fs::read_to_string(tls.dir.join("ca.pem")).unwrap();
+    let url = "rediss://127.0.0.1:16390";
+    let bus = Arc::new(
+        RedisBus::connect_with(url, None, Some(ca))
+            .await
+            .expect("connect over TLS"),
+    );
+    // The same server without the CA (webpki roots only) is refused: the certificate is checked.
+    assert!(RedisBus::connect_with(url, None, None).await.is_err());
+    let (store, dir) = sqlite_store("tls").await;
+    let session = "tls";
+    let host = "m1".to_string();
+    let cfg = bus.provision(session, &host, 1000).await.unwrap();
+    assert!(cfg.ca_pem.is_some() && cfg.url == url, "{cfg:?}");
+    let o = spawn_observer(
+        &cfg,
+        SyntheticObserver::new(session, &host, 1),
+        40,
+        100,
+        Duration::ZERO,
+    );
+    let (n, sink) = tokio::task::spawn_blocking(move || o.handle.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(sink.records_dropped, 0, "{sink:?}");
+    let s = store.open_session(session).await.unwrap();
+    let c = Collector::start(store.clone(), s, CollectorConfig::default());
+    let hosts = std::slice::from_ref(&host);
+    let mut src = RedisSource::start(&c, bus.clone(), session, hosts, "c")
+        .await
+        .unwrap();
+    wait_drained(&bus, session, hosts, Duration::from_secs(30)).await;
+    src.stop_reading().await.unwrap();
+    let rep = c.finish().await.unwrap();
+    src.finish().await.unwrap();
+    assert!(rep.gaps.is_empty(), "{:?}", rep.gaps);
+    assert_eq!(assert_accounted(&store, s, &host, n).await, (4000, 0));
+    store.close().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A TLS-only redis-server of this test's own, stopped (by its PID file) when dropped.
+struct TlsRedis {
+    dir: PathBuf,
+}
+
+impl TlsRedis {
+    fn start(port: u16) -> TlsRedis {
+        require_redis();
+        let dir = std::env::temp_dir().join(format!("latplan-tls-redis-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sh = |script: &str| {
+            let out = Command::new("sh")
+                .arg("-ec")
+                .arg(script)
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=latplan-test-ca
+            openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1
+            printf 'subjectAltName=IP:127.0.0.1\\n' > ext
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile ext");
+        sh(&format!(
+            "redis-server --daemonize yes --port 0 --tls-port {port} --bind 127.0.0.1 --tls-cert-file server.pem \
+             --tls-key-file server.key --tls-ca-cert-file ca.pem --tls-auth-clients no --save '' --appendonly no \
+             --pidfile {0}/redis.pid --logfile {0}/redis.log",
+            dir.display()
+        ));
+        let t = Instant::now();
+        while !dir.join("redis.pid").exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the TLS redis-server did not start; see {}/redis.log",
+                dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        TlsRedis { dir }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("redis.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -3,11 +3,13 @@
 //! - [`reflect`]: `timesync reflect`, the XDP reflector run once per clock domain;
 //! - [`probe`]: `timesync probe`, the manager side that stamps, pairs and fits;
 //! - [`fit`]: the offset/drift estimator (pure, unit-tested on synthetic exchanges);
+//! - [`matcher`]: pairs replies with probes (lost, duplicate, late, foreign);
 //! - [`output`]: the JSON lines both commands print (the planner reads them);
 //! - [`wire`]: the probe payload, shared with the kernel programs;
 //! - [`ebpf`], [`route`], [`signal`]: loading/attaching, interface lookup, shutdown.
 pub mod ebpf;
 pub mod fit;
+pub mod matcher;
 pub mod output;
 pub mod probe;
 pub mod reflect;

@@ -1,6 +1,6 @@
 //! `timesync probe`: the manager side. Sends probes to every domain's reflector, pairs each reply
 //! with the kernel's departure and arrival stamps, and fits each domain's clock continuously.
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
@@ -12,6 +12,7 @@ use aya::programs::TcAttachType;
 
 use crate::ebpf::{self, Globals, XdpAttach};
 use crate::fit::{Estimator, FitConfig, Sample};
+use crate::matcher::{Matcher, Verdict};
 use crate::output::{
     self, Attachment, DomainStatus, End, ErrorLine, FitLine, Line, Start, State, Target,
 };
@@ -45,13 +46,6 @@ pub struct ProbeOptions {
     pub fit_interval: Duration,
     pub loss_timeout: Duration,
     pub unreachable_after: Duration,
-}
-
-/// What became of a probe, remembered for a while to tell duplicates from late replies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Replied,
-    Lost,
 }
 
 struct Domain {
@@ -282,14 +276,11 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
 
     // Probe ids start from the clock so that replies to an earlier run are not taken for ours.
     let mut next_id: u64 = start << 8;
-    let mut pending: HashMap<u64, (usize, u64)> = HashMap::new();
-    let mut sent_order: VecDeque<(u64, u64)> = VecDeque::new();
-    let mut finished: HashMap<u64, (usize, Outcome)> = HashMap::new();
-    let mut finished_order: VecDeque<(u64, u64)> = VecDeque::new();
+    let loss_timeout = opts.loss_timeout.as_nanos() as u64;
+    let mut matcher = Matcher::new(loss_timeout);
     let mut foreign = 0u64;
     let mut next_fit = start + opts.fit_interval.as_nanos() as u64;
     let end = opts.duration.map(|d| start + d.as_nanos() as u64);
-    let loss_timeout = opts.loss_timeout.as_nanos() as u64;
     let unreachable_after = opts.unreachable_after.as_nanos() as u64;
     let mut buf = [0u8; 512];
 
@@ -310,8 +301,7 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
             match sock.send_to(&payload, SocketAddrV4::new(d.addr, opts.port)) {
                 Ok(_) => {
                     d.status.sent += 1;
-                    pending.insert(id, (di, now));
-                    sent_order.push_back((now, id));
+                    matcher.sent(id, di, now);
                 }
                 Err(_) => d.status.send_errors += 1,
             }
@@ -320,26 +310,10 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
         }
 
         // Probes without a reply in time are lost; their departure stamps are dropped.
-        while let Some(&(t, id)) = sent_order.front() {
-            if t + loss_timeout > now {
-                break;
-            }
-            sent_order.pop_front();
-            if let Some((di, _)) = pending.remove(&id) {
-                domains[di].status.lost += 1;
-                domains[di].record(now, false, window_ns);
-                let _ = hooks.tx.remove(&id);
-                finished.insert(id, (di, Outcome::Lost));
-                finished_order.push_back((now, id));
-            }
-        }
-        // Remember outcomes long enough to recognise duplicates and late replies.
-        while finished_order
-            .front()
-            .is_some_and(|(t, _)| *t + 10 * loss_timeout.max(1_000_000_000) < now)
-        {
-            let (_, id) = finished_order.pop_front().expect("front exists");
-            finished.remove(&id);
+        for (id, di) in matcher.expire(now) {
+            domains[di].status.lost += 1;
+            domains[di].record(now, false, window_ns);
+            let _ = hooks.tx.remove(&id);
         }
 
         // Fit and report.
@@ -437,24 +411,24 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
             continue;
         };
         let id = reply.id;
-        let Some(&(di, _)) = pending.get(&id) else {
-            match finished.get(&id) {
-                Some(&(di, Outcome::Replied)) => domains[di].status.duplicates += 1,
-                Some(&(di, Outcome::Lost)) => domains[di].status.late += 1,
-                None => foreign += 1,
+        let expected =
+            |di: usize| from == SocketAddr::V4(SocketAddrV4::new(domains[di].addr, opts.port));
+        let di = match matcher.reply(id, now, expected) {
+            Verdict::Fresh(di) => di,
+            other => {
+                match other {
+                    Verdict::Duplicate(di) => domains[di].status.duplicates += 1,
+                    Verdict::Late(di) => domains[di].status.late += 1,
+                    _ => foreign += 1,
+                }
+                // A repeated reply re-stamps the id; the stamp of a fresh one is taken below.
+                if !matches!(other, Verdict::Foreign) {
+                    let _ = hooks.rx.remove(&id);
+                }
+                continue;
             }
-            let _ = hooks.rx.remove(&id);
-            continue;
         };
         let d = &mut domains[di];
-        if from != SocketAddr::V4(SocketAddrV4::new(d.addr, opts.port)) {
-            // Someone else answering with our id and token: not evidence about this domain.
-            foreign += 1;
-            continue;
-        }
-        pending.remove(&id);
-        finished.insert(id, (di, Outcome::Replied));
-        finished_order.push_back((now, id));
         let t1 = hooks.tx.get(&id, 0).ok();
         let t4 = hooks.rx.get(&id, 0).ok();
         let _ = hooks.tx.remove(&id);

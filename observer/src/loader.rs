@@ -52,7 +52,10 @@ pub fn hook_of(layer: Layer) -> (&'static [&'static str], &'static str) {
             &["lp_xdp_dev_recv"],
             "xdp per interface; tcx/ingress on virtual devices and where another XDP program holds it",
         ),
-        Layer::IpRecv => (&["lp_rtp_ip_recv"], "raw_tp:netif_receive_skb"),
+        Layer::IpRecv => (
+            &["lp_cg_ip_recv"],
+            "cgroup_skb/ingress (root cgroup v2): tcp_v4_rcv/tcp_v6_rcv",
+        ),
         Layer::TcpRecv => (&["lp_rtp_tcp_recv"], "raw_tp:tcp_probe"),
         Layer::SockQueue => (&["lp_rtp_sock_queue"], "raw_tp:sk_data_ready"),
         Layer::SockRecv => (&["lp_rtp_sock_recv"], "raw_tp:sock_recv_length"),
@@ -64,7 +67,6 @@ fn raw_tp_name(prog: &str) -> Option<&'static str> {
         "lp_rtp_sys_enter" => "sys_enter",
         "lp_rtp_sock_send" => "sock_send_length",
         "lp_rtp_dev_xmit" => "net_dev_start_xmit",
-        "lp_rtp_ip_recv" => "netif_receive_skb",
         "lp_rtp_tcp_recv" => "tcp_probe",
         "lp_rtp_sock_queue" => "sk_data_ready",
         "lp_rtp_sock_recv" => "sock_recv_length",
@@ -213,18 +215,19 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, name: &str, dir: TcAttachType) -> Res
     Ok(())
 }
 
-/// Attaches the cgroup_skb egress program (tcp_send + ip_send) to the cgroup v2 root.
-pub fn attach_cgroup_egress(ebpf: &mut Ebpf) -> Result<()> {
+/// Attaches a cgroup_skb program (egress: tcp_send + ip_send; ingress: ip_recv) to the cgroup
+/// v2 root, where it sees every socket of the host.
+pub fn attach_cgroup(ebpf: &mut Ebpf, name: &str, dir: CgroupSkbAttachType) -> Result<()> {
     let (f, root) = open_cgroup2()?;
-    let prog: &mut CgroupSkb = program(ebpf, "lp_cg_ip_send")?.try_into()?;
+    let prog: &mut CgroupSkb = program(ebpf, name)?.try_into()?;
     if prog.fd().is_err() {
         prog.load()
             .context("the kernel refused the cgroup_skb program")?;
     }
     // With bpf_link (kernel ≥ 5.7) cgroup attachments always coexist with others; the link API
     // rejects the legacy BPF_F_ALLOW_MULTI flag, so "Single" (no flag) is the right mode here.
-    prog.attach(&f, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-        .with_context(|| format!("failed to attach cgroup_skb egress to {root}"))?;
+    prog.attach(&f, dir, CgroupAttachMode::Single)
+        .with_context(|| format!("failed to attach cgroup_skb {name} to {root}"))?;
     Ok(())
 }
 
@@ -354,7 +357,8 @@ pub fn attach_layer(ebpf: &mut Ebpf, layer: Layer, done: &mut Vec<&'static str>)
             continue;
         }
         match p {
-            "lp_cg_ip_send" => attach_cgroup_egress(ebpf)?,
+            "lp_cg_ip_send" => attach_cgroup(ebpf, p, CgroupSkbAttachType::Egress)?,
+            "lp_cg_ip_recv" => attach_cgroup(ebpf, p, CgroupSkbAttachType::Ingress)?,
             "lp_xdp_dev_recv" | "lp_tc_dev_send" | "lp_tc_dev_recv" => {}
             _ => attach_raw_tp(ebpf, p)?,
         }

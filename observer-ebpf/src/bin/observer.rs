@@ -618,18 +618,34 @@ mod programs {
         0
     }
 
-    // ---- ip_recv: netif_receive_skb (the stack takes the packet from the device) ----
+    // ---- ip_recv: cgroup_skb ingress (IP delivered the segment to TCP) ----
 
-    #[raw_tracepoint(tracepoint = "netif_receive_skb")]
-    pub fn lp_rtp_ip_recv(ctx: RawTracePointContext) -> i32 {
-        let ts = clock_ns();
-        let skb: u64 = ctx.arg(0);
-        let Some(o) = offsets() else { return 0 };
-        let Some(dev) = read_k::<u64>(skb, o.skb_dev) else {
-            return 0;
+    /// Runs in tcp_v4_rcv()/tcp_v6_rcv() → tcp_filter() → sk_filter(), once the receiving
+    /// socket is known: after the device hooks (XDP and TC ingress) and IP input, before
+    /// tcp_rcv_established (tcp_recv). netif_receive_skb would be earlier than TC ingress, which
+    /// breaks the path order when dev_recv is TCX ingress.
+    #[cgroup_skb]
+    pub fn lp_cg_ip_recv(ctx: SkBuffContext) -> i32 {
+        let now = clock_ns();
+        let skb = unsafe { &*ctx.skb.skb };
+        let sk = unsafe { skb.__bindgen_anon_2.sk } as u64;
+        if sk == 0 {
+            return 1;
+        }
+        let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
+        if tp == 0 {
+            return 1;
+        }
+        let Some(o) = offsets() else { return 1 };
+        let Some(netns) = sock_netns(tp, o) else {
+            return 1;
         };
-        let _ = try_skb_layer(Layer::IpRecv, skb, dev, ts, false);
-        0
+        let b = SkbBytes(&ctx.skb);
+        let Some(L4::Tcp(r)) = parse_ip(&b, 0, skb.protocol as u16) else {
+            return 1;
+        };
+        emit_range(Layer::IpRecv, &r, now, 0, netns, 0);
+        1
     }
 
     #[inline(always)]

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Observer overhead benchmarks on the lab (root, `ci/lab up`, static observer built):
+#   1. TCP bulk throughput with observers vs none, over the wan relay (metal1 -> metal2) and over
+#      a direct veth (metal1 -> its container ct1), default sampling (64 KiB, port filter);
+#   2. 64-byte UDP flood pps (metal1 -> ct1) with every packet recorded (--sample-udp) vs none,
+#      with the observer's CPU % and records drained per second.
+# Rounds alternate with/without so machine noise hits both alike; medians are reported.
+# Usage: bench/observer/run.sh [ROUNDS]   (prints a markdown table for BENCHMARKS.md)
+set -euo pipefail
+ROUNDS=${1:-5}
+ART=${LATPLAN_ARTIFACTS:-$(cd "$(dirname "$0")/../.." && pwd)/target/x86_64-unknown-linux-musl/release}
+OBS=$ART/observer
+LT=${LAB_TRAFFIC:-/var/lib/latplan-ci/lab/bin/lab-traffic}
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+[ -x "$OBS" ] || { echo "missing $OBS: cargo build --release --target x86_64-unknown-linux-musl -p observer" >&2; exit 1; }
+[ -x "$LT" ] || { echo "missing $LT: run ci/lab up" >&2; exit 1; }
+# Same lock as the lab tests (labtools::testlab::lock_lab): nobody else measures meanwhile.
+STATE=${LATPLAN_STATE:-/var/lib/latplan-ci}
+exec 9>"$STATE/test.lock"
+flock 9
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+start_obs() { # NETNS NAME ARGS...
+  local ns=$1 name=$2; shift 2
+  ip netns exec "$ns" "$OBS" run "$@" >"$TMP/$name.bin" 2>"$TMP/$name.err" &
+  PIDS+=($!); echo $! >"$TMP/$name.pid"
+  for _ in $(seq 300); do grep -q "observer: attached" "$TMP/$name.err" && return 0
+    grep -q "observer: error" "$TMP/$name.err" && { cat "$TMP/$name.err" >&2; exit 1; }; sleep 0.1; done
+  echo "observer $name did not attach" >&2; exit 1
+}
+stop_obs() { local p; p=$(cat "$TMP/$1.pid"); kill -TERM "$p"; wait "$p" || true; }
+
+tcp_round() { # SRC_NS DST_NS DST_IP -> bytes/s
+  ip netns exec "$2" "$LT" tcp-recv --listen "$3:5201" >"$TMP/recv.json" &
+  local r=$!; sleep 0.3
+  ip netns exec "$1" "$LT" tcp-send --connect "$3:5201" --duration 4s >/dev/null
+  wait $r
+  jq -r .bytes_per_sec "$TMP/recv.json"
+}
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+echo "| benchmark | without | with observer | ratio |"
+echo "|---|---|---|---|"
+# wan: observers on both metals; direct veth: metal1's observer covers its container ct1.
+for path in wan veth; do
+  : >"$TMP/none"; : >"$TMP/obs"
+  for _ in $(seq "$ROUNDS"); do
+    if [ $path = wan ]; then
+      tcp_round lp-metal1 lp-metal2 10.78.0.2 >>"$TMP/none"
+      start_obs lp-metal1 a --interfaces wan0 --ports 5201; start_obs lp-metal2 b --interfaces wan0 --ports 5201
+      tcp_round lp-metal1 lp-metal2 10.78.0.2 >>"$TMP/obs"
+      stop_obs a; stop_obs b
+    else
+      tcp_round lp-metal1 lp-ct1 10.77.1.6 >>"$TMP/none"
+      start_obs lp-metal1 a --interfaces veth-ct1 --containers lp-ct1 --ports 5201
+      tcp_round lp-metal1 lp-ct1 10.77.1.6 >>"$TMP/obs"
+      stop_obs a
+    fi
+  done
+  n=$(median <"$TMP/none"); o=$(median <"$TMP/obs")
+  printf "| TCP bulk %s, MB/s (median of %s) | %.1f | %.1f | %.3f |\n" "$path" "$ROUNDS" "$(echo "$n/1e6" | bc -l)" "$(echo "$o/1e6" | bc -l)" "$(echo "$o/$n" | bc -l)"
+done
+
+# UDP flood: 64-byte datagrams metal1 -> ct1 over the direct veth.
+: >"$TMP/none"; : >"$TMP/obs"; : >"$TMP/cpu"; : >"$TMP/rps"
+for _ in $(seq "$ROUNDS"); do
+  ip netns exec lp-metal1 "$LT" udp-flood --connect 10.77.1.6:9 --size 64 --duration 3s | jq -r .ops_per_sec >>"$TMP/none"
+  start_obs lp-metal1 a --interfaces veth-ct1 --sample-udp --stats-interval 1
+  ip netns exec lp-metal1 "$LT" udp-flood --connect 10.77.1.6:9 --size 64 --duration 3s | jq -r .ops_per_sec >>"$TMP/obs"
+  stop_obs a
+  # Busiest stats interval: the observer's CPU and the records it shipped per second then.
+  "$OBS" dump --json "$TMP/a.bin" | jq -s -r '[.[] | select(.stats) | .stats] as $s
+    | [range(1; $s|length) | {cpu: $s[.].cpu_percent, rps: (($s[.].records_sent - $s[.-1].records_sent) / (($s[.].ts_ns - $s[.-1].ts_ns)/1e9)), full: ([$s[.].layers[].ringbuf_full]|add)}]
+    | max_by(.rps) | "\(.cpu) \(.rps) \(.full)"' >"$TMP/flood"
+  read -r c r f <"$TMP/flood"; echo "$c" >>"$TMP/cpu"; echo "$r" >>"$TMP/rps"
+  [ "$f" = 0 ] || echo "note: $f records lost to a full ring buffer in one round" >&2
+done
+n=$(median <"$TMP/none"); o=$(median <"$TMP/obs")
+printf "| UDP 64 B flood, pps, every packet recorded (median of %s) | %.0f | %.0f | %.3f |\n" "$ROUNDS" "$n" "$o" "$(echo "$o/$n" | bc -l)"
+printf "| observer CPU %% of one core at the flood (busiest second) | | %.1f | |\n" "$(median <"$TMP/cpu")"
+printf "| records drained and shipped per second at the flood | | %.0f | |\n" "$(median <"$TMP/rps")"

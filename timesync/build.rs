@@ -5,7 +5,11 @@ use aya_build::{Package, Toolchain};
 fn main() -> anyhow::Result<()> {
     let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../observer-ebpf");
     aya_build::build_ebpf(
-        [Package { name: "observer-ebpf", root_dir, ..Default::default() }],
+        [Package {
+            name: "observer-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         Toolchain::Custom("nightly"),
     )
 }

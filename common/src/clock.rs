@@ -58,12 +58,15 @@ impl DomainClock {
 
     /// The fit valid at `host_ns`: the last one starting at or before it, else the first.
     pub fn fit_at(&self, host_ns: u64) -> Option<&ClockFit> {
-        let idx = self.fits.partition_point(|f| f.valid_from_host_ns <= host_ns);
+        let idx = self
+            .fits
+            .partition_point(|f| f.valid_from_host_ns <= host_ns);
         self.fits.get(idx.saturating_sub(1))
     }
 
     pub fn to_manager_ns(&self, host_ns: u64) -> Option<(f64, f64)> {
-        self.fit_at(host_ns).map(|f| (f.to_manager_ns(host_ns), f.error_bound_ns))
+        self.fit_at(host_ns)
+            .map(|f| (f.to_manager_ns(host_ns), f.error_bound_ns))
     }
 }
 
@@ -72,19 +75,31 @@ mod tests {
     use super::*;
 
     fn fit(from: u64, offset: f64, drift: f64) -> ClockFit {
-        ClockFit { valid_from_host_ns: from, ref_host_ns: from, offset_ns: offset, drift_ppm: drift, ..ClockFit::identity("d") }
+        ClockFit {
+            valid_from_host_ns: from,
+            ref_host_ns: from,
+            offset_ns: offset,
+            drift_ppm: drift,
+            ..ClockFit::identity("d")
+        }
     }
 
     #[test]
     fn conversion_applies_offset_and_drift() {
         let f = fit(1_000_000_000, 500.0, 20.0);
         // One second after the reference, 20 ppm adds 20 µs.
-        assert!((f.to_manager_ns(2_000_000_000) - (2_000_000_000.0 + 500.0 + 20_000.0)).abs() < 1e-3);
+        assert!(
+            (f.to_manager_ns(2_000_000_000) - (2_000_000_000.0 + 500.0 + 20_000.0)).abs() < 1e-3
+        );
     }
 
     #[test]
     fn the_fit_valid_at_a_moment_is_chosen() {
-        let c = DomainClock::new(vec![fit(100, 2.0, 0.0), fit(0, 1.0, 0.0), fit(200, 3.0, 0.0)]);
+        let c = DomainClock::new(vec![
+            fit(100, 2.0, 0.0),
+            fit(0, 1.0, 0.0),
+            fit(200, 3.0, 0.0),
+        ]);
         assert_eq!(c.fit_at(50).unwrap().offset_ns, 1.0);
         assert_eq!(c.fit_at(100).unwrap().offset_ns, 2.0);
         assert_eq!(c.fit_at(10_000).unwrap().offset_ns, 3.0);

@@ -113,7 +113,10 @@ pub struct Bye {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     Hello(Hello),
-    Samples { first_seq: u64, samples: Vec<Sample> },
+    Samples {
+        first_seq: u64,
+        samples: Vec<Sample>,
+    },
     Stats(Stats),
     Bye(Bye),
 }
@@ -181,7 +184,10 @@ impl Frame {
         let header = parse_header(buf)?;
         let total = HEADER_SIZE + header.len;
         if buf.len() < total {
-            return Err(WireError::Truncated { need: total, have: buf.len() });
+            return Err(WireError::Truncated {
+                need: total,
+                have: buf.len(),
+            });
         }
         let payload = &buf[HEADER_SIZE..total];
         if crc32fast::hash(payload) != header.crc {
@@ -199,7 +205,10 @@ struct Header {
 
 fn parse_header(buf: &[u8]) -> Result<Header, WireError> {
     if buf.len() < HEADER_SIZE {
-        return Err(WireError::Truncated { need: HEADER_SIZE, have: buf.len() });
+        return Err(WireError::Truncated {
+            need: HEADER_SIZE,
+            have: buf.len(),
+        });
     }
     let magic: [u8; 4] = buf[0..4].try_into().expect("4 bytes");
     if magic != MAGIC {
@@ -237,7 +246,10 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame, WireError> {
 
 fn decode_samples(p: &[u8]) -> Result<Frame, WireError> {
     if p.len() < SAMPLES_PREFIX {
-        return Err(WireError::Samples(format!("{} bytes is shorter than the batch prefix", p.len())));
+        return Err(WireError::Samples(format!(
+            "{} bytes is shorter than the batch prefix",
+            p.len()
+        )));
     }
     let first_seq = u64::from_le_bytes(p[0..8].try_into().expect("8 bytes"));
     let count = u32::from_le_bytes(p[8..12].try_into().expect("4 bytes")) as usize;
@@ -276,7 +288,8 @@ fn decode_sample(b: &[u8]) -> Result<Sample, WireError> {
     let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
     let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
     let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
-    let layer = Layer::from_u8(b[66]).ok_or_else(|| WireError::Samples(format!("unknown layer {}", b[66])))?;
+    let layer = Layer::from_u8(b[66])
+        .ok_or_else(|| WireError::Samples(format!("unknown layer {}", b[66])))?;
     Ok(Sample {
         ts_ns: u64_at(0),
         offset: u64_at(8),
@@ -308,7 +321,13 @@ pub struct FrameReader<R> {
 
 impl<R: Read> FrameReader<R> {
     pub fn new(inner: R) -> Self {
-        FrameReader { inner, buf: Vec::with_capacity(1 << 16), start: 0, eof: false, skipped_bytes: 0 }
+        FrameReader {
+            inner,
+            buf: Vec::with_capacity(1 << 16),
+            start: 0,
+            eof: false,
+            skipped_bytes: 0,
+        }
     }
 
     /// The next frame; `Ok(None)` at a clean end of stream. After an `Err` other than `Io`, the
@@ -369,7 +388,12 @@ impl<R: Read> FrameReader<R> {
             .windows(MAGIC.len())
             .position(|w| w == MAGIC)
             .map(|p| from + p)
-            .unwrap_or(self.buf.len().saturating_sub(MAGIC.len() - 1).max(from.min(self.buf.len())));
+            .unwrap_or(
+                self.buf
+                    .len()
+                    .saturating_sub(MAGIC.len() - 1)
+                    .max(from.min(self.buf.len())),
+            );
         self.skipped_bytes += (next - self.start) as u64;
         self.start = next;
     }
@@ -404,13 +428,28 @@ mod tests {
                 observer_version: "0.1.0".into(),
                 boot_id: "b".into(),
                 sample_size: 4096,
-                interfaces: vec![Interface { ifindex: 7, name: "eth0".into(), netns: 1, ingress_mode: "xdp-native".into() }],
+                interfaces: vec![Interface {
+                    ifindex: 7,
+                    name: "eth0".into(),
+                    netns: 1,
+                    ingress_mode: "xdp-native".into(),
+                }],
                 netns: vec![1],
                 started_ns: 5,
             }),
-            Frame::Samples { first_seq: 10, samples: (0..3).map(sample).collect() },
-            Frame::Stats(Stats { ts_ns: 9, records_sent: 3, ..Default::default() }),
-            Frame::Bye(Bye { records_total: 3, reason: "sigterm".into() }),
+            Frame::Samples {
+                first_seq: 10,
+                samples: (0..3).map(sample).collect(),
+            },
+            Frame::Stats(Stats {
+                ts_ns: 9,
+                records_sent: 3,
+                ..Default::default()
+            }),
+            Frame::Bye(Bye {
+                records_total: 3,
+                reason: "sigterm".into(),
+            }),
         ]
     }
 
@@ -426,8 +465,14 @@ mod tests {
 
     #[test]
     fn sample_batch_has_documented_size() {
-        let f = Frame::Samples { first_seq: 0, samples: (0..5).map(sample).collect() };
-        assert_eq!(f.encode().len(), HEADER_SIZE + SAMPLES_PREFIX + 5 * SAMPLE_WIRE_SIZE);
+        let f = Frame::Samples {
+            first_seq: 0,
+            samples: (0..5).map(sample).collect(),
+        };
+        assert_eq!(
+            f.encode().len(),
+            HEADER_SIZE + SAMPLES_PREFIX + 5 * SAMPLE_WIRE_SIZE
+        );
     }
 
     #[test]

@@ -1,2 +1,6 @@
-//! Helpers for the lab and for tests that run on it.
+//! Helpers for the lab: the delay/loss relay (`lab-relay`), the traffic generator (`lab-traffic`)
+//! and what integration tests need to use the lab made by `ci/lab up` (docs/lab.md).
+pub mod relay;
 pub mod testlab;
+pub mod traffic;
+pub mod units;

@@ -7,12 +7,17 @@ use std::process::{Command, Output};
 
 /// Where ci/ keeps the lab's keys, PIDs and per-host directories.
 pub fn state_dir() -> PathBuf {
-    std::env::var_os("LATPLAN_STATE").map(PathBuf::from).unwrap_or_else(|| "/var/lib/latplan-ci".into())
+    std::env::var_os("LATPLAN_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/latplan-ci".into())
 }
 
 /// The workspace root (tests run with the crate as working directory).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("labtools sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("labtools sits in the workspace")
+        .to_path_buf()
 }
 
 /// Where the static observer and timesync binaries are (`LATPLAN_ARTIFACTS` or the musl release dir).
@@ -29,7 +34,9 @@ pub fn lab_inventory() -> PathBuf {
 
 /// Panics with instructions unless the lab is up.
 pub fn require_lab() {
-    let status = Command::new(workspace_root().join("ci/lab")).arg("status").output();
+    let status = Command::new(workspace_root().join("ci/lab"))
+        .arg("status")
+        .output();
     match status {
         Ok(o) if o.status.success() => {}
         Ok(o) => panic!(
@@ -55,11 +62,22 @@ pub fn lock_lab() -> LabLock {
     LabLock(f)
 }
 
+/// A command that runs `argv` inside a lab namespace. `ip netns exec` gives the command a fresh /sys
+/// without tracefs or bpffs (classic tracepoints would fail), so they are mounted first; the mounts
+/// live in that command's private mount namespace and vanish with it.
+pub fn ns_command(netns: &str, argv: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", netns, "sh", "-c", NS_PRELUDE, "lab-ns"])
+        .args(argv);
+    c
+}
+
+const NS_PRELUDE: &str = "mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null; \
+     mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf 2>/dev/null; exec \"$@\"";
+
 /// Runs a command inside a lab namespace and returns its output (does not check status).
 pub fn ns_exec(netns: &str, argv: &[&str]) -> Output {
-    Command::new("ip")
-        .args(["netns", "exec", netns])
-        .args(argv)
+    ns_command(netns, argv)
         .output()
         .unwrap_or_else(|e| panic!("failed to run {argv:?} in netns {netns}: {e}"))
 }
@@ -74,4 +92,82 @@ pub fn ns_run(netns: &str, argv: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Where `ci/lab up` keeps the lab's keys, PID files, relay sockets and host directories.
+pub fn lab_dir() -> PathBuf {
+    state_dir().join("lab")
+}
+
+/// Runs `ci/lab ARGS` (the caller holds [`lock_lab`], so ci/lab must not wait for it) and panics
+/// with its output when it fails.
+pub fn ci_lab(args: &[&str]) -> String {
+    let o = Command::new(workspace_root().join("ci/lab"))
+        .args(args)
+        .env("LATPLAN_LAB_LOCKED", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run ci/lab {args:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "ci/lab {args:?} failed ({}): {}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The control socket of a running relay: "wan", or a vm whose link has one (`lab: {relay: true}`).
+pub fn relay_socket(name: &str) -> PathBuf {
+    lab_dir().join("run").join(format!("relay-{name}.sock"))
+}
+
+/// Settings and counters of a running relay.
+pub fn relay_status(name: &str) -> crate::relay::Status {
+    crate::relay::ctl::request(&relay_socket(name), &crate::relay::Request::Get)
+        .unwrap_or_else(|e| panic!("relay {name}: {e:#}"))
+}
+
+/// Sets delay (ns) and/or loss (0..1) of a relay's direction(s); see [`RelayRestore`] to undo.
+pub fn relay_set(name: &str, dir: crate::relay::Dir, delay_ns: Option<u64>, loss: Option<f64>) {
+    crate::relay::ctl::request(
+        &relay_socket(name),
+        &crate::relay::Request::Set {
+            dir,
+            delay_ns,
+            loss,
+        },
+    )
+    .unwrap_or_else(|e| panic!("relay {name}: {e:#}"));
+}
+
+/// Puts a relay's settings back as they were when it was made, when dropped (also on panic).
+pub struct RelayRestore {
+    name: String,
+    before: crate::relay::Status,
+}
+
+impl RelayRestore {
+    pub fn new(name: &str) -> Self {
+        RelayRestore {
+            name: name.to_string(),
+            before: relay_status(name),
+        }
+    }
+}
+
+impl Drop for RelayRestore {
+    fn drop(&mut self) {
+        use crate::relay::{Dir, Request, ctl};
+        for (dir, d) in [(Dir::A2b, &self.before.a2b), (Dir::B2a, &self.before.b2a)] {
+            let req = Request::Set {
+                dir,
+                delay_ns: Some(d.delay_ns),
+                loss: Some(d.loss),
+            };
+            if let Err(e) = ctl::request(&relay_socket(&self.name), &req) {
+                eprintln!("could not restore relay {}: {e:#}", self.name);
+            }
+        }
+    }
 }

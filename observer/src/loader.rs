@@ -48,7 +48,10 @@ pub fn hook_of(layer: Layer) -> (&'static [&'static str], &'static str) {
         ),
         Layer::DevSend => (&["lp_tc_dev_send"], "tcx/egress per interface"),
         Layer::DevXmit => (&["lp_rtp_dev_xmit"], "raw_tp:net_dev_start_xmit"),
-        Layer::DevRecv => (&["lp_xdp_dev_recv"], "xdp per interface"),
+        Layer::DevRecv => (
+            &["lp_xdp_dev_recv"],
+            "xdp per interface; tcx/ingress on virtual devices and where another XDP program holds it",
+        ),
         Layer::IpRecv => (
             &["lp_cg_ip_recv"],
             "cgroup_skb/ingress (root cgroup v2): tcp_v4_rcv/tcp_v6_rcv",
@@ -180,9 +183,21 @@ pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: &str) -> Result<String> {
             Err(_) => {}
         }
     }
-    prog.attach(iface, XdpMode::Skb)
-        .with_context(|| format!("failed to attach generic XDP to {iface}"))?;
-    Ok("xdp-generic".into())
+    match prog.attach(iface, XdpMode::Skb) {
+        Ok(_) => Ok("xdp-generic".into()),
+        // Another XDP program holds the interface (one per interface; we never replace it):
+        // observe at TC ingress instead, where links coexist.
+        Err(e) if mode == "auto" && is_busy(&e) => {
+            attach_tc(ebpf, iface, "lp_tc_dev_recv", TcAttachType::Ingress)?;
+            Ok("tc".into())
+        }
+        Err(e) => Err(e).with_context(|| format!("failed to attach generic XDP to {iface}")),
+    }
+}
+
+fn is_busy(e: &aya::programs::ProgramError) -> bool {
+    let text = format!("{e:?}");
+    text.contains("Resource busy") || text.contains("EBUSY") || text.contains("code: 16")
 }
 
 /// Attaches dev_send (TCX egress) to an interface.
@@ -344,7 +359,7 @@ pub fn attach_layer(ebpf: &mut Ebpf, layer: Layer, done: &mut Vec<&'static str>)
         match p {
             "lp_cg_ip_send" => attach_cgroup(ebpf, p, CgroupSkbAttachType::Egress)?,
             "lp_cg_ip_recv" => attach_cgroup(ebpf, p, CgroupSkbAttachType::Ingress)?,
-            "lp_xdp_dev_recv" | "lp_tc_dev_send" => {}
+            "lp_xdp_dev_recv" | "lp_tc_dev_send" | "lp_tc_dev_recv" => {}
             _ => attach_raw_tp(ebpf, p)?,
         }
         done.push(p);

@@ -505,7 +505,8 @@ mod programs {
 
     /// Same samples as `lp_xdp_dev_recv`, a little later (after GRO, in __netif_receive_skb_core):
     /// on veths native XDP switches the device to its NAPI path, which costs more throughput
-    /// than the program itself.
+    /// than the program itself. Also where another XDP program (a timesync reflector, someone
+    /// else's) holds the interface: it has one XDP program, but TCX links coexist.
     #[classifier]
     pub fn lp_tc_dev_recv(ctx: TcContext) -> i32 {
         let skb = unsafe { &*ctx.skb.skb };

@@ -77,12 +77,13 @@ CREATE TABLE IF NOT EXISTS samples (
     ts_ns BIGINT NOT NULL,
     flow_id BIGINT NOT NULL,
     byte_offset BIGINT NOT NULL,
-    len BIGINT NOT NULL,
-    layer BIGINT NOT NULL,
-    ifindex BIGINT NOT NULL,
+    -- Narrower (signed: sqlx reads signed integers) where the value range allows: rows stay small.
+    len INT NOT NULL,
+    layer SMALLINT NOT NULL,
+    ifindex INT NOT NULL,
     netns BIGINT NOT NULL,
-    cpu BIGINT NOT NULL,
-    flags BIGINT NOT NULL,
+    cpu INT NOT NULL,
+    flags SMALLINT NOT NULL,
     PRIMARY KEY (run_id, record_seq)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 

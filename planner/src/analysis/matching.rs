@@ -172,7 +172,13 @@ pub fn match_samples(
                     c.ifaces
                         .get(&(s.ifindex, s.netns))
                         .cloned()
-                        .or_else(|| c.ifaces_any.get(&s.ifindex).cloned().flatten())
+                        // Index-only lookup is for the observer's own namespace: an index in a
+                        // container's namespace names a different device (ifindexes are per netns).
+                        .or_else(|| {
+                            (!c.netns_hosts.contains_key(&s.netns))
+                                .then(|| c.ifaces_any.get(&s.ifindex).cloned().flatten())
+                                .flatten()
+                        })
                         .unwrap_or_else(|| format!("if{}", s.ifindex))
                 });
                 let p = Point {

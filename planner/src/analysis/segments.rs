@@ -359,18 +359,13 @@ pub fn analyse_flow(
                             }
                         }
                         SegmentKind::Net | SegmentKind::Vhop => {
-                            // Across hosts: each arrival pairs with the latest departure before it
-                            // (within the sync bound); only the first transmission's first arrival
-                            // counts as a first-transmission value.
                             for (k, (_, y)) in b.iter().enumerate() {
-                                let eb = |x: &Obs| bound(x, y);
-                                let m = a
-                                    .iter()
-                                    .rposition(|(_, x)| (x.t as f64) <= y.t as f64 + eb(x))
-                                    .unwrap_or(0);
+                                let m = pair_departure(a, b.len(), k, y, &|x| bound(x, y));
                                 let x = a[m].1;
-                                seg.record(y.t - x.t, eb(x), k == 0 && m == 0, y.t);
-                                sink(si, x.offset, y.t - x.t, k == 0 && m == 0);
+                                // Only the first transmission's first arrival is a first value.
+                                let first = k == 0 && m == 0;
+                                seg.record(y.t - x.t, bound(x, y), first, y.t);
+                                sink(si, x.offset, y.t - x.t, first);
                             }
                         }
                     }
@@ -403,6 +398,34 @@ pub fn analyse_flow(
     f.throughput_series = tput.series();
     f.segments = segments;
     f
+}
+
+/// Which departure (index into `a`) the `k`-th of `arrivals` arrivals of a byte belongs to.
+///
+/// As many arrivals as departures: in order (a path does not reorder one byte's copies).
+/// Fewer (a copy was lost): the latest departure not after the arrival (within the sync bound);
+/// but if the next departure is closer in time, that one — clock error beyond the bound then
+/// shows as a negative, flagged value instead of a silent jump to an earlier transmission.
+fn pair_departure(
+    a: &[(usize, &Obs)],
+    arrivals: usize,
+    k: usize,
+    y: &Obs,
+    bound: &dyn Fn(&Obs) -> f64,
+) -> usize {
+    if a.len() == arrivals {
+        return k;
+    }
+    let before = a
+        .iter()
+        .rposition(|(_, x)| (x.t as f64) <= y.t as f64 + bound(x));
+    match before {
+        None => 0,
+        Some(m) => match a.get(m + 1) {
+            Some((_, next)) if (next.t - y.t).abs() < (y.t - a[m].1.t).abs() => m + 1,
+            _ => m,
+        },
+    }
 }
 
 /// Bytes per second at the flow's first point, from sampled offsets over time.

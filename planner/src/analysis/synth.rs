@@ -110,6 +110,44 @@ impl Synth {
         }
     }
 
+    /// ct1 (container on metal1) sends to ct2 (container in vm2 on metal2): container and VM
+    /// virtual hops on both sides of a 1 ms network; three clock domains with offsets and drift.
+    /// Delays in µs: ct1 10, 5; vhop 7; metal1 4; net 1000; metal2 3; vhop 40; vm2 6; vhop 8; ct2 50.
+    pub fn containers_across_metals() -> Synth {
+        use Layer::*;
+        let us = 1000;
+        let mut s = Synth::two_metals(0);
+        s.hosts.push(child(
+            "ct1",
+            HostKind::Container,
+            "metal1",
+            Some("veth-ct1"),
+        ));
+        s.hosts.push(child("vm2", HostKind::Vm, "metal2", None));
+        s.hosts
+            .push(child("ct2", HostKind::Container, "vm2", Some("veth-ct2")));
+        s.clocks = vec![
+            clock("metal1", 0.0),
+            clock("metal2", -3_000_000.0),
+            clock("vm2", 9_000_000.0),
+        ];
+        s.clocks[2].drift_ppm = -15.0;
+        s.path = vec![
+            pt("ct1", SockSend, None, 0),
+            pt("ct1", TcpSend, None, 10 * us),
+            pt("ct1", DevSend, Some("eth0"), 5 * us),
+            pt("metal1", DevRecv, Some("veth-ct1"), 7 * us),
+            pt("metal1", DevSend, Some("wan0"), 4 * us),
+            pt("metal2", DevRecv, Some("wan0"), 1000 * us),
+            pt("metal2", DevSend, Some("tap-vm2"), 3 * us),
+            pt("vm2", DevRecv, Some("eth0"), 40 * us),
+            pt("vm2", DevSend, Some("veth-ct2"), 6 * us),
+            pt("ct2", DevRecv, Some("eth0"), 8 * us),
+            pt("ct2", SockRecv, None, 50 * us),
+        ];
+        s
+    }
+
     fn sources(&self) -> (Vec<ObserverInfo>, Vec<Source>, Vec<usize>) {
         let by_name: HashMap<&str, &HostInfo> =
             self.hosts.iter().map(|h| (h.name.as_str(), h)).collect();

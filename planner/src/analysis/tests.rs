@@ -1,8 +1,7 @@
 //! Ground-truth tests: synthetic sessions with known delays, clocks, retransmissions and
 //! losses must come out as exactly those numbers.
-use super::synth::{Synth, child, clock, metal, pt};
+use super::synth::Synth;
 use super::*;
-use latplan_common::Layer::*;
 
 const US: i64 = 1000;
 
@@ -181,32 +180,7 @@ fn a_later_fit_applies_from_its_validity_on() {
 
 #[test]
 fn virtual_hops_of_vms_and_containers_are_named_and_measured() {
-    use crate::analysis::HostKind::*;
-    let mut hosts = vec![metal("metal1", "10.78.0.1"), metal("metal2", "10.78.0.2")];
-    hosts.push(child("ct1", Container, "metal1", Some("veth-ct1")));
-    hosts.push(child("vm2", Vm, "metal2", None));
-    hosts.push(child("ct2", Container, "vm2", Some("veth-ct2")));
-    let mut s = Synth::two_metals(0);
-    s.hosts = hosts;
-    s.clocks = vec![
-        clock("metal1", 0.0),
-        clock("metal2", -3_000_000.0),
-        clock("vm2", 9_000_000.0),
-    ];
-    s.clocks[2].drift_ppm = -15.0;
-    s.path = vec![
-        pt("ct1", SockSend, None, 0),
-        pt("ct1", TcpSend, None, 10 * US),
-        pt("ct1", DevSend, Some("eth0"), 5 * US),
-        pt("metal1", DevRecv, Some("veth-ct1"), 7 * US),
-        pt("metal1", DevSend, Some("wan0"), 4 * US),
-        pt("metal2", DevRecv, Some("wan0"), 1000 * US),
-        pt("metal2", DevSend, Some("tap-vm2"), 3 * US),
-        pt("vm2", DevRecv, Some("eth0"), 40 * US),
-        pt("vm2", DevSend, Some("veth-ct2"), 6 * US),
-        pt("ct2", DevRecv, Some("eth0"), 8 * US),
-        pt("ct2", SockRecv, None, 50 * US),
-    ];
+    let mut s = Synth::containers_across_metals();
     s.loss_hop = 5;
     let a = analyse(s.session());
     assert_eq!(a.flows.len(), 1);

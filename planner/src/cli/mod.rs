@@ -3,7 +3,13 @@
 //! Adding a subcommand: write `cli/NAME.rs` with a clap `Args` struct implementing [`Command`],
 //! add `mod NAME;` and one line to the `subcommands!` list below. Subcommands return
 //! `anyhow::Result<Outcome>`; `main` is the only place errors and outcomes become exit codes.
+mod apply;
+mod check;
+mod import;
 mod inventory;
+mod plan;
+pub mod report;
+mod teardown;
 
 use std::ffi::OsString;
 
@@ -26,6 +32,39 @@ pub struct Global {
     /// More detail on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// How to reach hosts; shared by every subcommand that connects.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// At most this many hosts are connected and worked on at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub forks: u16,
+    /// Add unknown host keys to known_hosts (first contact). Changed keys are still refused.
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Directory with the static observer and timesync binaries
+    /// [default: $LATPLAN_ARTIFACTS, else the directory of this latplan binary].
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<std::path::PathBuf>,
+}
+
+impl ConnectArgs {
+    /// Connection options with a fresh private directory for the ControlMaster sockets (removed
+    /// when the returned guard drops).
+    pub fn options(&self) -> anyhow::Result<(crate::transport::ConnectOptions, tempfile::TempDir)> {
+        use anyhow::Context;
+        let dir = tempfile::Builder::new()
+            .prefix("latplan-ssh-")
+            .tempdir()
+            .context("failed to create a directory for SSH control sockets")?;
+        let opts = crate::transport::ConnectOptions {
+            forks: usize::from(self.forks),
+            accept_new_host_keys: self.accept_new_host_keys,
+            control_dir: dir.path().to_path_buf(),
+        };
+        Ok((opts, dir))
+    }
 }
 
 /// One subcommand: its arguments, and how it runs.
@@ -51,8 +90,20 @@ macro_rules! subcommands {
 }
 
 subcommands! {
+    /// Preflight every host: reachability, kernel, BTF, sudo, disk, interfaces, and real attach tests.
+    Check(check::Args),
+    /// Convert the original tool's configuration directory into an inventory.
+    Import(import::Args),
     /// Inspect an inventory: print it resolved (inheritance applied, validated).
     Inventory(inventory::Args),
+    /// Show each host's plan and what it would change (ok/changed); changes nothing.
+    Plan(plan::Args),
+    /// Run a measurement session: converge the hosts, sync clocks, observe, collect, report.
+    Apply(apply::Args),
+    /// Stop and remove everything latplan put on the hosts.
+    Teardown(teardown::Args),
+    /// Analyse a stored session: the latency breakdown as a table, JSON, CSV or HTML.
+    Report(report::Args),
 }
 
 /// latplan: where network-flow latency is spent, across metal, VMs and containers.
@@ -95,6 +146,19 @@ pub fn print_out(text: &str) -> anyhow::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// A progress bar on stderr for work over `len` hosts (hidden when stderr is not a terminal).
+pub fn host_progress(len: usize, verb: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    let template = format!("{{spinner}} {verb} [{{bar:20}}] {{pos}}/{{len}} {{wide_msg}}");
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
 }
 
 /// A tokio runtime for subcommands that talk to hosts. Built per command (not in `main`) so

@@ -4,6 +4,7 @@
 //! `host_vars/NAME.yaml`) or a single YAML file. Loading either returns a fully checked model or
 //! the first problem found, with file:line:column and a hint; nothing runs on a bad inventory.
 mod error;
+pub mod import;
 mod merge;
 mod model;
 mod resolve;
@@ -29,6 +30,15 @@ pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
     let mut src = Sources::default();
     let (hosts_file, dir) = locate(path)?;
     let root = src.parse_file(&hosts_file)?;
+    finish(src, root, dir, path)
+}
+
+fn finish(
+    mut src: Sources,
+    root: Node,
+    dir: Option<PathBuf>,
+    path: &Path,
+) -> Result<Inventory, InventoryError> {
     reject_secrets(&src, &root)?;
     let mut tree = Tree::collect(&src, &root)?;
 
@@ -73,6 +83,13 @@ pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
         order: tree.order.clone(),
         source: path.to_path_buf(),
     })
+}
+
+/// Loads a single-file inventory from text (`name` is used in error locations).
+pub fn load_str(name: &str, text: &str) -> Result<Inventory, InventoryError> {
+    let mut src = Sources::default();
+    let root = src.parse_str(PathBuf::from(name), text)?;
+    finish(src, root, None, Path::new(name))
 }
 
 /// The hosts file, and the directory holding group_vars/ and host_vars/ (directory form only).

@@ -115,6 +115,8 @@ pub enum Backend {
 pub struct Store {
     pub(crate) pool: Pool,
     url: StoreUrl,
+    /// Connections a large MySQL batch is spread over (1 or 2).
+    pub(crate) mysql_writers: usize,
 }
 
 impl Store {
@@ -183,9 +185,21 @@ impl Store {
                 )
             }
         };
-        let store = Store { pool, url };
+        let store = Store {
+            pool,
+            url,
+            mysql_writers: 2,
+        };
         migrate::run(&store).await?;
         Ok(store)
+    }
+
+    /// Spreads large MySQL batches over `n` connections (1 or 2; default 2). More connections let
+    /// the server use more cores; on a busy 2-core host one may do as well. SQLite always writes
+    /// from one connection.
+    pub fn with_mysql_writers(mut self, n: usize) -> Store {
+        self.mysql_writers = n.clamp(1, 2);
+        self
     }
 
     pub fn backend(&self) -> Backend {
@@ -234,4 +248,4 @@ pub(crate) fn now_unix_ms() -> i64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

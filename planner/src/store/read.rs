@@ -271,7 +271,8 @@ impl Store {
 
     pub async fn flows(&self, session: SessionId) -> Result<Vec<FlowRow>> {
         let sql = "SELECT flow_id, saddr, daddr, sport, dport FROM flows WHERE session_id = ? ORDER BY flow_id";
-        let rows: Vec<(i64, Vec<u8>, Vec<u8>, i64, i64)> =
+        type R = (i64, Vec<u8>, Vec<u8>, i64, i64);
+        let rows: Vec<R> =
             on_pool!(self, p => sqlx::query_as(sql).bind(session).fetch_all(p).await)
                 .map_err(q("read flows"))?;
         rows.into_iter()

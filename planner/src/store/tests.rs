@@ -56,17 +56,26 @@ async fn sessions_hosts_and_runs_are_idempotent() {
         ..Default::default()
     };
     let hid = st.upsert_host(s, &h).await.unwrap();
-    let (hid2, run) = st.register_run(s, &hello("metal1", 5)).await.unwrap();
+    let (hid2, run) = st
+        .register_run(s, &hello("metal1", 5), false)
+        .await
+        .unwrap();
     assert_eq!(hid, hid2);
     assert_eq!(
-        st.register_run(s, &hello("metal1", 5)).await.unwrap().1,
+        st.register_run(s, &hello("metal1", 5), false)
+            .await
+            .unwrap()
+            .1,
         run
     );
     // An observer restart is a new run of the same host.
-    let (_, run2) = st.register_run(s, &hello("metal1", 9)).await.unwrap();
+    let (_, run2) = st
+        .register_run(s, &hello("metal1", 9), false)
+        .await
+        .unwrap();
     assert_ne!(run, run2);
     // A host first seen in a stream is created as unknown.
-    let (vm, _) = st.register_run(s, &hello("vm1", 1)).await.unwrap();
+    let (vm, _) = st.register_run(s, &hello("vm1", 1), false).await.unwrap();
     let hosts = st.hosts(s).await.unwrap();
     assert_eq!(hosts.len(), 2);
     assert_eq!(hosts[0].host.kind, "metal");
@@ -89,28 +98,24 @@ async fn sessions_hosts_and_runs_are_idempotent() {
 async fn batches_are_stored_once_and_read_back_in_order() {
     let st = mem().await;
     let s = st.open_session("s").await.unwrap();
-    let (hid, run) = st.register_run(s, &hello("h", 1)).await.unwrap();
+    let (hid, run) = st.register_run(s, &hello("h", 1), false).await.unwrap();
     let mut b = WriteBatch::new(s);
     // More than one SQL chunk, three flows.
     b.samples = (0..6000)
         .map(|i| (run, i, sample(i, (i % 3) as u16)))
         .collect();
+    let o = st.write_batch(&b).await.unwrap();
     assert_eq!(
-        st.write_batch(&b).await.unwrap(),
-        WriteOutcome {
-            inserted: 6000,
-            duplicates: 0
-        }
+        (o.inserted, o.duplicates, o.per_run[&run]),
+        (6000, 0, (6000, 0))
     );
     // The same batch again, overlapping a new one: only the new records count.
     b.samples
         .extend((6000..6100).map(|i| (run, i, sample(i, 0))));
+    let o = st.write_batch(&b).await.unwrap();
     assert_eq!(
-        st.write_batch(&b).await.unwrap(),
-        WriteOutcome {
-            inserted: 100,
-            duplicates: 6000
-        }
+        (o.inserted, o.duplicates, o.per_run[&run]),
+        (100, 6000, (100, 6000))
     );
     assert_eq!(st.count_samples(s).await.unwrap(), 6100);
     assert_eq!(st.flows(s).await.unwrap().len(), 3);
@@ -143,7 +148,7 @@ async fn batches_are_stored_once_and_read_back_in_order() {
 async fn gaps_are_found_inside_at_the_head_and_at_the_tail() {
     let st = mem().await;
     let s = st.open_session("s").await.unwrap();
-    let (_, run) = st.register_run(s, &hello("h", 1)).await.unwrap();
+    let (_, run) = st.register_run(s, &hello("h", 1), false).await.unwrap();
     let mut b = WriteBatch::new(s);
     let present = (5..10).chain(20..30).chain(31..40);
     b.samples = present.map(|i| (run, i, sample(i, 0))).collect();
@@ -194,7 +199,7 @@ async fn gaps_are_found_inside_at_the_head_and_at_the_tail() {
 async fn stats_fits_errors_and_segments_round_trip() {
     let st = mem().await;
     let s = st.open_session("s").await.unwrap();
-    let (_, run) = st.register_run(s, &hello("h", 1)).await.unwrap();
+    let (_, run) = st.register_run(s, &hello("h", 1), false).await.unwrap();
     let stats = Stats {
         ts_ns: 77,
         layers: vec![LayerStats {

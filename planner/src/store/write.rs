@@ -7,7 +7,7 @@ use latplan_common::wire::{Bye, Hello, Sample, Stats};
 use sqlx::{AssertSqlSafe, QueryBuilder};
 
 use super::model::*;
-use super::{Backend, Result, Store, now_unix_ms, on_pool, q};
+use super::{Backend, Result, Store, StoreError, now_unix_ms, on_pool, q};
 
 /// Records and observer reports to store together, in one transaction.
 #[derive(Debug, Default, Clone)]
@@ -37,12 +37,60 @@ impl WriteBatch {
 }
 
 /// What a batch did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WriteOutcome {
     /// Sample rows newly stored.
     pub inserted: u64,
     /// Sample rows already present (re-delivered), left as they were.
     pub duplicates: u64,
+    /// (inserted, duplicates) per run.
+    pub per_run: HashMap<RunId, (u64, u64)>,
+}
+
+/// Inserts sample rows in multi-row statements inside transaction `$tx`; evaluates to
+/// (rows inserted, per-run (inserted, duplicates)). Statements never mix runs, so each
+/// statement's affected-row count says how many of that run's records were new.
+macro_rules! insert_sample_rows {
+    ($tx:ident, $rows:expr, $sql:expr, $chunk:expr) => {{
+        let rows: &[(RunId, u64, Sample)] = $rows;
+        let mut inserted = 0u64;
+        let mut per_run: HashMap<RunId, (u64, u64)> = HashMap::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let run = rows[i].0;
+            let mut j = i + 1;
+            while j < rows.len() && j - i < $chunk && rows[j].0 == run {
+                j += 1;
+            }
+            let c = &rows[i..j];
+            let mut b = QueryBuilder::new($sql.as_str());
+            b.push_values(c, |mut r, (run, seq, s)| {
+                r.push_bind(*run)
+                    .push_bind(*seq as i64)
+                    .push_bind(s.ts_ns as i64)
+                    .push_bind(FlowKey::of(s).id())
+                    .push_bind(s.offset as i64)
+                    .push_bind(s.len as i64)
+                    .push_bind(s.layer as u8 as i64)
+                    .push_bind(s.ifindex as i64)
+                    .push_bind(s.netns as i64)
+                    .push_bind(s.cpu as i64)
+                    .push_bind(s.flags as i64);
+            });
+            let n = b
+                .build()
+                .execute(&mut *$tx)
+                .await
+                .map_err(q("insert samples"))?
+                .rows_affected();
+            let e = per_run.entry(run).or_insert((0, 0));
+            e.0 += n;
+            e.1 += c.len() as u64 - n;
+            inserted += n;
+            i = j;
+        }
+        (inserted, per_run)
+    }};
 }
 
 const SAMPLE_COLUMNS: &str =
@@ -54,7 +102,7 @@ impl Store {
     fn sample_chunk(&self) -> usize {
         match self.backend() {
             Backend::Sqlite => 2500,
-            Backend::MySql => 5000,
+            Backend::MySql => 2500,
         }
     }
 
@@ -101,7 +149,15 @@ impl Store {
 
     /// Registers the observer run a Hello frame announces (idempotent on host, boot id and start
     /// time), creating the host as `unknown` kind if apply did not register it, and its interfaces.
-    pub async fn register_run(&self, session: SessionId, hello: &Hello) -> Result<(HostId, RunId)> {
+    ///
+    /// `placeholder` marks a Hello reconstructed from a run tag (the real one was lost): it
+    /// creates the run if missing but never overwrites what a real Hello stored.
+    pub async fn register_run(
+        &self,
+        session: SessionId,
+        hello: &Hello,
+        placeholder: bool,
+    ) -> Result<(HostId, RunId)> {
         let ins_host = format!(
             "{} INTO hosts (session_id, name, kind, boot_id) VALUES (?, ?, 'unknown', ?)",
             self.insert_ignore()
@@ -130,6 +186,12 @@ impl Store {
             let run_id: i64 = sqlx::query_scalar("SELECT id FROM runs WHERE host_id = ? AND boot_id = ? AND started_ns = ?")
                 .bind(host_id).bind(&hello.boot_id).bind(hello.started_ns as i64).fetch_one(&mut *tx).await
                 .map_err(q("look up an observer run"))?;
+            if !placeholder {
+                // A run first registered from a placeholder gets the real facts when its Hello shows up.
+                sqlx::query("UPDATE runs SET observer_version = ?, sample_size = ?, netns = ? WHERE id = ?")
+                    .bind(&hello.observer_version).bind(hello.sample_size as i64).bind(&netns).bind(run_id)
+                    .execute(&mut *tx).await.map_err(q("update an observer run"))?;
+            }
             for i in &hello.interfaces {
                 sqlx::query(AssertSqlSafe(ins_if.as_str())).bind(run_id).bind(host_id).bind(i.ifindex as i64).bind(i.netns as i64)
                     .bind(&i.name).bind(&i.ingress_mode).execute(&mut *tx).await.map_err(q("insert an interface"))?;
@@ -187,48 +249,73 @@ impl Store {
         );
         let session = batch.session_id;
         let chunk = self.sample_chunk();
-        let mut inserted = 0u64;
-        on_pool!(self, p => {
-            let mut tx = p.begin().await.map_err(q("begin a transaction"))?;
-            for c in flows.chunks(1000) {
-                let mut b = QueryBuilder::new(ins_flows.as_str());
-                b.push_values(c, |mut r, (id, k)| {
-                    r.push_bind(session).push_bind(*id).push_bind(&k.saddr[..]).push_bind(&k.daddr[..])
-                        .push_bind(k.sport as i64).push_bind(k.dport as i64);
-                });
-                b.build().execute(&mut *tx).await.map_err(q("insert flows"))?;
-            }
-            for c in batch.samples.chunks(chunk) {
-                let mut b = QueryBuilder::new(ins_samples.as_str());
-                b.push_values(c, |mut r, (run, seq, s)| {
-                    r.push_bind(*run).push_bind(*seq as i64).push_bind(s.ts_ns as i64).push_bind(FlowKey::of(s).id())
-                        .push_bind(s.offset as i64).push_bind(s.len as i64).push_bind(s.layer as u8 as i64)
-                        .push_bind(s.ifindex as i64).push_bind(s.netns as i64).push_bind(s.cpu as i64).push_bind(s.flags as i64);
-                });
-                inserted += b.build().execute(&mut *tx).await.map_err(q("insert samples"))?.rows_affected();
-            }
-            for (run, st) in &batch.stats {
-                sqlx::query(AssertSqlSafe(ins_stats.as_str())).bind(*run).bind(st.ts_ns as i64).bind(st.records_sent as i64)
-                    .bind(st.records_dropped as i64).bind(st.cpu_percent).execute(&mut *tx).await.map_err(q("insert observer stats"))?;
-                if !st.layers.is_empty() {
-                    let mut b = QueryBuilder::new(ins_layers.as_str());
-                    b.push_values(&st.layers, |mut r, l| {
-                        r.push_bind(*run).push_bind(st.ts_ns as i64).push_bind(l.layer as u8 as i64).push_bind(l.seen as i64)
-                            .push_bind(l.sampled as i64).push_bind(l.ringbuf_full as i64).push_bind(l.rate_limited as i64);
+        // MySQL/MariaDB spends its time per connection on one core: large batches are split
+        // across two connections in parallel. Each part is its own transaction; the batch counts
+        // as stored (and is acknowledged) only when all parts committed, and a retry after a
+        // partial failure re-inserts the committed part as ignored duplicates.
+        let split = if self.backend() == Backend::MySql
+            && self.mysql_writers > 1
+            && batch.samples.len() >= 2 * chunk
+        {
+            batch.samples.len() / 2
+        } else {
+            batch.samples.len()
+        };
+        let (head, tail) = batch.samples.split_at(split);
+        let ((i1, r1), (i2, r2)) = on_pool!(self, p => {
+            let main = async {
+                let mut tx = p.begin().await.map_err(q("begin a transaction"))?;
+                for c in flows.chunks(1000) {
+                    let mut b = QueryBuilder::new(ins_flows.as_str());
+                    b.push_values(c, |mut r, (id, k)| {
+                        r.push_bind(session).push_bind(*id).push_bind(&k.saddr[..]).push_bind(&k.daddr[..])
+                            .push_bind(k.sport as i64).push_bind(k.dport as i64);
                     });
-                    b.build().execute(&mut *tx).await.map_err(q("insert layer stats"))?;
+                    b.build().execute(&mut *tx).await.map_err(q("insert flows"))?;
                 }
-            }
-            for (run, bye) in &batch.byes {
-                sqlx::query("UPDATE runs SET bye_records_total = ?, bye_reason = ? WHERE id = ?")
-                    .bind(bye.records_total as i64).bind(&bye.reason).bind(*run).execute(&mut *tx).await
-                    .map_err(q("record an observer's bye"))?;
-            }
-            tx.commit().await.map_err(q("commit a batch"))?;
+                let out = insert_sample_rows!(tx, head, ins_samples, chunk);
+                for (run, st) in &batch.stats {
+                    sqlx::query(AssertSqlSafe(ins_stats.as_str())).bind(*run).bind(st.ts_ns as i64).bind(st.records_sent as i64)
+                        .bind(st.records_dropped as i64).bind(st.cpu_percent).execute(&mut *tx).await.map_err(q("insert observer stats"))?;
+                    if !st.layers.is_empty() {
+                        let mut b = QueryBuilder::new(ins_layers.as_str());
+                        b.push_values(&st.layers, |mut r, l| {
+                            r.push_bind(*run).push_bind(st.ts_ns as i64).push_bind(l.layer as u8 as i64).push_bind(l.seen as i64)
+                                .push_bind(l.sampled as i64).push_bind(l.ringbuf_full as i64).push_bind(l.rate_limited as i64);
+                        });
+                        b.build().execute(&mut *tx).await.map_err(q("insert layer stats"))?;
+                    }
+                }
+                for (run, bye) in &batch.byes {
+                    sqlx::query("UPDATE runs SET bye_records_total = ?, bye_reason = ? WHERE id = ?")
+                        .bind(bye.records_total as i64).bind(&bye.reason).bind(*run).execute(&mut *tx).await
+                        .map_err(q("record an observer's bye"))?;
+                }
+                tx.commit().await.map_err(q("commit a batch"))?;
+                Ok::<_, StoreError>(out)
+            };
+            let extra = async {
+                if tail.is_empty() {
+                    return Ok::<_, StoreError>((0, HashMap::new()));
+                }
+                let mut tx = p.begin().await.map_err(q("begin a transaction"))?;
+                let out = insert_sample_rows!(tx, tail, ins_samples, chunk);
+                tx.commit().await.map_err(q("commit a batch"))?;
+                Ok(out)
+            };
+            tokio::try_join!(main, extra)?
         });
+        let inserted = i1 + i2;
+        let mut per_run = r1;
+        for (run, (n, d)) in r2 {
+            let e = per_run.entry(run).or_insert((0, 0));
+            e.0 += n;
+            e.1 += d;
+        }
         Ok(WriteOutcome {
             inserted,
             duplicates: batch.samples.len() as u64 - inserted,
+            per_run,
         })
     }
 
@@ -277,7 +364,8 @@ impl Store {
                      FROM samples WHERE run_id = ?) t WHERE next_seq > record_seq + 1 ORDER BY record_seq";
         let bounds = "SELECT MIN(record_seq), MAX(record_seq) FROM samples WHERE run_id = ?";
         let sent = "SELECT MAX(records_sent) FROM observer_stats WHERE run_id = ?";
-        let (pairs, (lo, hi), sent): (Vec<(i64, i64)>, (Option<i64>, Option<i64>), Option<i64>) = on_pool!(self, p => {
+        type Scan = (Vec<(i64, i64)>, (Option<i64>, Option<i64>), Option<i64>);
+        let (pairs, (lo, hi), sent): Scan = on_pool!(self, p => {
             let pairs = sqlx::query_as(holes).bind(run.id).fetch_all(p).await.map_err(q("scan for gaps"))?;
             let b = sqlx::query_as(bounds).bind(run.id).fetch_one(p).await.map_err(q("scan for gaps"))?;
             let s = sqlx::query_scalar(sent).bind(run.id).fetch_one(p).await.map_err(q("scan for gaps"))?;

@@ -1,0 +1,116 @@
+//! lab-traffic: TCP bulk sender/receiver and UDP flood for lab tests and demos (docs/lab.md).
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use labtools::traffic;
+use labtools::units::{parse_duration_ns, parse_size};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn duration(s: &str) -> Result<Duration> {
+    Ok(Duration::from_nanos(parse_duration_ns(s)?))
+}
+
+#[derive(Parser)]
+#[command(about = "TCP bulk transfer with controlled write size, pacing and read rate; UDP flood")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Connects and writes --bytes (or for --duration), then waits for the receiver to close.
+    TcpSend {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value = "64K", value_parser = parse_size)]
+        write_size: u64,
+        #[arg(long, value_parser = parse_size)]
+        bytes: Option<u64>,
+        #[arg(long, value_parser = duration)]
+        duration: Option<Duration>,
+        /// Pacing in bytes per second (e.g. 10M).
+        #[arg(long, value_parser = parse_size)]
+        rate: Option<u64>,
+        #[arg(long, value_parser = parse_size)]
+        sndbuf: Option<u64>,
+        #[arg(long)]
+        nodelay: bool,
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        connect_timeout: Duration,
+    },
+    /// Accepts one connection and reads it to the end.
+    TcpRecv {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "64K", value_parser = parse_size)]
+        read_size: u64,
+        /// Read at most this many bytes per second (e.g. 1M): the rest waits in the receive queue.
+        #[arg(long, value_parser = parse_size)]
+        read_rate: Option<u64>,
+        #[arg(long, value_parser = parse_size)]
+        rcvbuf: Option<u64>,
+    },
+    /// Sends small UDP datagrams as fast as it can (or at --pps) and reports packets per second.
+    UdpFlood {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value = "2s", value_parser = duration)]
+        duration: Duration,
+        #[arg(long)]
+        pps: Option<u64>,
+    },
+    /// Counts arriving UDP datagrams for --duration.
+    UdpSink {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "2s", value_parser = duration)]
+        duration: Duration,
+    },
+}
+
+fn main() -> Result<()> {
+    let report = match Cli::parse().cmd {
+        Cmd::TcpSend {
+            connect,
+            write_size,
+            bytes,
+            duration,
+            rate,
+            sndbuf,
+            nodelay,
+            connect_timeout,
+        } => traffic::tcp_send(&traffic::SendOpts {
+            connect,
+            write_size: write_size as usize,
+            bytes,
+            duration,
+            rate,
+            sndbuf,
+            nodelay,
+            connect_timeout,
+        })?,
+        Cmd::TcpRecv {
+            listen,
+            read_size,
+            read_rate,
+            rcvbuf,
+        } => traffic::tcp_recv(&traffic::RecvOpts {
+            listen,
+            read_size: read_size as usize,
+            read_rate,
+            rcvbuf,
+        })?,
+        Cmd::UdpFlood {
+            connect,
+            size,
+            duration,
+            pps,
+        } => traffic::udp_flood(connect, size, duration, pps)?,
+        Cmd::UdpSink { listen, duration } => traffic::udp_sink(listen, duration)?,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

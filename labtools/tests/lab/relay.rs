@@ -1,0 +1,90 @@
+//! The relays add the delay and loss they are told to, and only that.
+use crate::ping;
+use labtools::relay::Dir;
+use labtools::testlab::{RelayRestore, lock_lab, relay_set, relay_status, require_lab};
+
+#[test]
+fn wan_delay_of_2ms_each_way_adds_4ms_to_the_rtt() {
+    require_lab();
+    let _lock = lock_lab();
+    let _restore = RelayRestore::new("wan");
+    relay_set("wan", Dir::Both, Some(0), Some(0.0));
+    let base = ping("lp-metal1", "10.78.0.2", 100, "0.01").median_ms();
+    relay_set("wan", Dir::Both, Some(2_000_000), None);
+    let delayed = ping("lp-metal1", "10.78.0.2", 100, "0.01").median_ms();
+    let added = delayed - base;
+    assert!(
+        (3.6..=4.4).contains(&added),
+        "2 ms each way added {added:.3} ms to the RTT (base {base:.3} ms, delayed {delayed:.3} ms)"
+    );
+}
+
+#[test]
+fn one_way_delay_applies_to_its_direction_only() {
+    require_lab();
+    let _lock = lock_lab();
+    let _restore = RelayRestore::new("wan");
+    relay_set("wan", Dir::Both, Some(0), Some(0.0));
+    let base = ping("lp-metal1", "10.78.0.2", 50, "0.01").median_ms();
+    relay_set("wan", Dir::A2b, Some(3_000_000), None);
+    let st = relay_status("wan");
+    assert_eq!((st.a2b.delay_ns, st.b2a.delay_ns), (3_000_000, 0));
+    let added = ping("lp-metal1", "10.78.0.2", 50, "0.01").median_ms() - base;
+    assert!(
+        (2.7..=3.3).contains(&added),
+        "3 ms on a2b only added {added:.3} ms to the RTT"
+    );
+}
+
+#[test]
+fn wan_loss_of_10_percent_is_observed() {
+    require_lab();
+    let _lock = lock_lab();
+    let _restore = RelayRestore::new("wan");
+    relay_set("wan", Dir::Both, Some(0), Some(0.0));
+    let n = 400;
+
+    // One direction at 10%: a ping is lost when its request is. Binomial(400, 0.1) has sd 1.5%,
+    // so 5..16% is more than 3 sd either side.
+    relay_set("wan", Dir::A2b, None, Some(0.10));
+    let before = relay_status("wan");
+    let p = ping("lp-metal1", "10.78.0.2", n, "0.005");
+    let after = relay_status("wan");
+    let dropped = after.a2b.dropped_loss - before.a2b.dropped_loss;
+    assert!(
+        (0.05..=0.16).contains(&p.loss()),
+        "10% on a2b: observed ping loss {:.1}%",
+        p.loss() * 100.0
+    );
+    // Every lost ping is a frame the relay dropped on purpose (ARP may add a few drops).
+    let lost = (p.sent - p.received) as u64;
+    assert!(
+        dropped >= lost && dropped <= lost + 3,
+        "relay dropped {dropped} frames, {lost} pings were lost"
+    );
+
+    // Both directions: a ping survives with 0.9 * 0.9, so ~19% are lost (sd 2%): 12..27%.
+    relay_set("wan", Dir::Both, None, Some(0.10));
+    let p = ping("lp-metal1", "10.78.0.2", n, "0.005");
+    assert!(
+        (0.12..=0.27).contains(&p.loss()),
+        "10% both ways: observed ping loss {:.1}%",
+        p.loss() * 100.0
+    );
+}
+
+#[test]
+fn a_relay_on_a_vm_link_delays_that_hop() {
+    require_lab();
+    let _lock = lock_lab();
+    // inventory/lab puts a relay on vm1's link (lab: {relay: true}).
+    let _restore = RelayRestore::new("vm1");
+    relay_set("vm1", Dir::Both, Some(0), Some(0.0));
+    let base = ping("lp-metal1", "10.77.1.2", 50, "0.01").median_ms();
+    relay_set("vm1", Dir::A2b, Some(1_000_000), None);
+    let added = ping("lp-metal1", "10.77.1.2", 50, "0.01").median_ms() - base;
+    assert!(
+        (0.9..=1.1).contains(&added),
+        "1 ms towards vm1 added {added:.3} ms to metal1's RTT"
+    );
+}

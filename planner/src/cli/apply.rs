@@ -1,0 +1,530 @@
+//! `latplan apply INVENTORY [--duration D] [--check]`: a measurement session end to end.
+//!
+//! Facts → diff → push what differs → store and session recorded → reflectors and prober, the
+//! session held until every clock domain is synced → observers started on every host together →
+//! live progress → at the end of `--duration` (or Ctrl-C) observers stopped and their last
+//! records flushed → fits stored → the report → a recap per host. `--check` stops after the diff.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::future::join_all;
+use tokio::sync::{Semaphore, watch};
+
+use super::inventory::load;
+use super::{Command, ConnectArgs, Global, Outcome, print_out};
+use crate::collector::{Collector, CollectorConfig};
+use crate::executor::clocks::{Prober, Reflector, start_reflector};
+use crate::executor::converge::converge;
+use crate::executor::observe::{self, ObserverEnd};
+use crate::executor::{Outcome as HostOutcome, Recap};
+use crate::inventory::{Host, Inventory, Kind};
+use crate::session::{self, Layout};
+use crate::store::{HostRecord, Store};
+use crate::tasks::artifacts::{Artifact, Artifacts, OBSERVER, TIMESYNC};
+use crate::transport::{Pool, Transport};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Inventory directory (hosts.yaml, group_vars/, host_vars/) or file.
+    inventory: PathBuf,
+    /// How long to measure (e.g. 30s, 5m). Ctrl-C ends the session early, cleanly.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop after the diff: show what would change, change nothing.
+    #[arg(long)]
+    check: bool,
+    /// Store URL, overriding the inventory's `session.store`.
+    #[arg(long)]
+    store: Option<String>,
+    /// Name of the session (default: a fresh time-stamped name).
+    #[arg(long)]
+    session: Option<String>,
+    /// Abort when more than this percentage of hosts fail before the session starts.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    max_fail_percent: u8,
+    /// How long to wait for every clock domain to be synced within its bound.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    sync_timeout: Duration,
+    /// Also write the HTML report to this file.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+impl Command for Args {
+    fn run(self, _global: &Global) -> anyhow::Result<Outcome> {
+        let inv = load(&self.inventory)?;
+        let dir = Artifacts::locate(self.connect.artifacts.as_deref());
+        let artifacts = vec![dir.load(OBSERVER)?, dir.load(TIMESYNC)?];
+        let store_url = self
+            .store
+            .clone()
+            .unwrap_or_else(|| inv.session.store.clone());
+        let session = self
+            .session
+            .clone()
+            .unwrap_or_else(session::new_session_name);
+        let (opts, _control_dir) = self.connect.options()?;
+        let rt = super::runtime()?;
+        let mut recap = Recap::new(inv.order.iter().cloned());
+        let ran = rt.block_on(async {
+            let pool = connect(&inv, &opts, &mut recap).await;
+            let facts =
+                converge_all(&inv, &pool, &artifacts, self.check, opts.forks, &mut recap).await;
+            if self.check {
+                return Ok(false);
+            }
+            enforce_fail_limit(&recap, &inv, self.max_fail_percent)?;
+            let r = run_session(
+                &self, &inv, &pool, &facts, &artifacts, &store_url, &session, &mut recap,
+            )
+            .await;
+            pool.close().await;
+            r.map(|()| true)
+        });
+        let ran = match ran {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{}", recap.render());
+                return Err(e);
+            }
+        };
+        if ran {
+            eprintln!(
+                "session {session} stored in {}",
+                crate::store::redact(&store_url)
+            );
+            report(&store_url, &session, self.html.as_ref())?;
+        }
+        print_out(&recap.render())?;
+        Ok(if recap.failed_hosts().is_empty() {
+            Outcome::Success
+        } else {
+            Outcome::Failed
+        })
+    }
+}
+
+/// Connects to every kernel host; containers are marked as covered by their parent.
+async fn connect(
+    inv: &Inventory,
+    opts: &crate::transport::ConnectOptions,
+    recap: &mut Recap,
+) -> Pool {
+    let kernels = session::kernel_host_names(inv);
+    eprintln!("connecting to {} host(s)…", kernels.len());
+    let pool = Pool::connect(inv, &kernels, opts, &|_h: &str| {}).await;
+    for (h, e) in &pool.failed {
+        recap.set(h, HostOutcome::Unreachable(e.to_string()));
+    }
+    for c in inv.hosts().filter(|h| h.kind == Kind::Container) {
+        let parent = c.parent.clone().unwrap_or_default();
+        match recap.get(&parent) {
+            Some(o) if o.is_failure() => recap.set(
+                &c.name,
+                HostOutcome::Failed(format!("its parent {parent} failed")),
+            ),
+            _ => recap.set(
+                &c.name,
+                HostOutcome::Skipped(format!("observed by {parent}'s observer")),
+            ),
+        }
+    }
+    pool
+}
+
+/// Facts, diff and push on every connected host, at most `forks` at once. Returns the facts.
+async fn converge_all(
+    inv: &Inventory,
+    pool: &Pool,
+    artifacts: &[Artifact],
+    check_only: bool,
+    forks: usize,
+    recap: &mut Recap,
+) -> BTreeMap<String, crate::facts::Facts> {
+    let sem = Arc::new(Semaphore::new(forks.max(1)));
+    let jobs = pool
+        .connected
+        .iter()
+        .filter(|(h, _)| inv.hosts[*h].has_own_kernel())
+        .map(|(name, t)| {
+            let sem = sem.clone();
+            let host = &inv.hosts[name];
+            async move {
+                let _p = sem.acquire().await.expect("never closed");
+                (
+                    name.clone(),
+                    converge(t.as_ref(), inv, host, artifacts, check_only).await,
+                )
+            }
+        });
+    let mut facts = BTreeMap::new();
+    for (name, r) in join_all(jobs).await {
+        match r {
+            Ok((f, changed)) => {
+                let verb = if check_only {
+                    "would change"
+                } else {
+                    "changed"
+                };
+                for p in &changed {
+                    eprintln!("{name}: {verb} {}", p.display());
+                }
+                if changed.is_empty() {
+                    eprintln!("{name}: ok (nothing to push)");
+                    recap.set(&name, HostOutcome::Ok);
+                } else {
+                    let what = changed.iter().map(|p| p.display().to_string()).collect();
+                    recap.set(&name, HostOutcome::Changed(what));
+                }
+                facts.insert(name, f);
+            }
+            Err(e) => recap.set(&name, HostOutcome::Failed(format!("{e:#}"))),
+        }
+    }
+    facts
+}
+
+fn enforce_fail_limit(recap: &Recap, inv: &Inventory, max_percent: u8) -> anyhow::Result<()> {
+    let kernels = inv.kernel_hosts().count().max(1);
+    let failed = recap
+        .failed_hosts()
+        .into_iter()
+        .filter(|h| inv.hosts[*h].has_own_kernel())
+        .count();
+    if failed * 100 > kernels * usize::from(max_percent) {
+        bail!(
+            "{failed} of {kernels} host(s) failed before the session started, above --max-fail-percent {max_percent}"
+        );
+    }
+    if failed == kernels {
+        bail!("no host is left to measure");
+    }
+    Ok(())
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the session's whole context"
+)]
+async fn run_session(
+    args: &Args,
+    inv: &Inventory,
+    pool: &Pool,
+    facts: &BTreeMap<String, crate::facts::Facts>,
+    artifacts: &[Artifact],
+    store_url: &str,
+    session: &str,
+    recap: &mut Recap,
+) -> anyhow::Result<()> {
+    let store = Store::open(store_url).await.with_context(|| {
+        format!(
+            "failed to open the store {}",
+            crate::store::redact(store_url)
+        )
+    })?;
+    let session_id = store.open_session(session).await?;
+    for h in inv.hosts() {
+        let kernel = kernel_of(inv, h);
+        let rec = HostRecord {
+            name: h.name.clone(),
+            kind: h.kind.as_str().to_string(),
+            parent: h.parent.clone(),
+            clock_domain: Some(h.clock_domain.clone()),
+            boot_id: facts.get(&kernel.name).map(|f| f.boot_id.clone()),
+            address: h
+                .address
+                .clone()
+                .or_else(|| h.addresses.first().map(|a| a.to_string())),
+        };
+        store.upsert_host(session_id, &rec).await?;
+    }
+
+    // Clocks first: the session starts only once every domain is synced.
+    let live: Vec<String> = recap
+        .healthy()
+        .filter(|h| facts.contains_key(*h))
+        .map(str::to_string)
+        .collect();
+    let domains = session::domains(inv, &live);
+    let token = session::new_token();
+    let port = inv.session.timesync.port;
+    eprintln!("starting {} timesync reflector(s)…", domains.len());
+    let starts = domains.iter().map(|d| {
+        let host = &inv.hosts[&d.reflector];
+        let t = pool.connected[&d.reflector].clone();
+        let token = token.clone();
+        async move {
+            start_reflector(
+                t.as_ref(),
+                d,
+                &Layout::of(host),
+                &token,
+                port,
+                host.become_root,
+            )
+            .await
+        }
+    });
+    let mut reflectors: Vec<Reflector> = Vec::new();
+    for (d, r) in domains.iter().zip(join_all(starts).await) {
+        match r {
+            Ok(r) => reflectors.push(r),
+            Err(e) => fail_domain(recap, d, &format!("{e:#}")),
+        }
+    }
+    let targets: Vec<(String, String)> = reflectors
+        .iter()
+        .map(|r| (r.domain.clone(), domain_address(&domains, &r.domain)))
+        .collect();
+    let timesync = &artifacts
+        .iter()
+        .find(|a| a.name == TIMESYNC)
+        .expect("loaded")
+        .path;
+    let mut prober = Prober::start(
+        timesync,
+        &targets,
+        &token,
+        inv.session.timesync.rate_hz,
+        port,
+    )?;
+    let bound_ns = inv.session.timesync.sync_bound_us as f64 * 1e3;
+    let names: Vec<String> = targets.iter().map(|(d, _)| d.clone()).collect();
+    let t0 = Instant::now();
+    let unsynced = prober
+        .wait_synced(&names, bound_ns, args.sync_timeout)
+        .await;
+    for (d, why) in &unsynced {
+        let dom = domains.iter().find(|x| &x.name == d).expect("known domain");
+        fail_domain(recap, dom, &format!("clock domain {d} not synced: {why}"));
+    }
+    eprintln!(
+        "clocks synced in {:.1} s ({} domain(s){})",
+        t0.elapsed().as_secs_f64(),
+        names.len() - unsynced.len(),
+        if unsynced.is_empty() {
+            String::new()
+        } else {
+            format!(", {} failed", unsynced.len())
+        }
+    );
+
+    // Observers on every remaining host, started together.
+    let collector = Arc::new(Collector::start(
+        store.clone(),
+        session_id,
+        CollectorConfig::default(),
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let observed: Vec<String> = recap
+        .healthy()
+        .filter(|h| facts.contains_key(*h))
+        .map(str::to_string)
+        .collect();
+    let starts = observed.iter().map(|name| {
+        let host = &inv.hosts[name];
+        let t: Arc<dyn Transport> = pool.connected[name].clone();
+        let (c, rx) = (collector.clone(), stop_rx.clone());
+        async move {
+            observe::start(
+                t.as_ref(),
+                &Layout::of(host),
+                session,
+                host.become_root,
+                c,
+                rx,
+            )
+            .await
+        }
+    });
+    let mut running = Vec::new();
+    for (name, r) in observed.iter().zip(join_all(starts).await) {
+        match r {
+            Ok(h) => running.push((name.clone(), h)),
+            Err(e) => recap.set(
+                name,
+                HostOutcome::Failed(format!("failed to start the observer: {e:#}")),
+            ),
+        }
+    }
+    if running.is_empty() {
+        bail!("no observer could be started");
+    }
+    eprintln!(
+        "session {session}: {} observer(s) running for {}",
+        running.len(),
+        humantime::format_duration(args.duration)
+    );
+
+    let interrupted = watch_session(args.duration, &collector, &prober, &mut running, recap).await;
+
+    let _ = stop_tx.send(true);
+    let ends = join_all(running.into_iter().map(|(_, h)| h)).await;
+    for end in ends.into_iter().flatten() {
+        note_observer_end(recap, &end);
+    }
+    let (sync, prober_err) = prober.stop().await;
+    if !prober_err.trim().is_empty() {
+        eprintln!(
+            "timesync prober: {}",
+            crate::executor::clocks::last_lines(&prober_err, 3)
+        );
+    }
+    store.insert_clock_fits(session_id, &sync.fits).await?;
+    join_all(
+        reflectors
+            .into_iter()
+            .map(|r| r.stop(Duration::from_secs(5))),
+    )
+    .await;
+    let collector =
+        Arc::try_unwrap(collector).map_err(|_| anyhow::anyhow!("collector still shared"))?;
+    let collected = collector.finish().await?;
+    let status = if interrupted {
+        "interrupted"
+    } else {
+        "completed"
+    };
+    store.end_session(session_id, status).await?;
+    store.close().await;
+    let c = &collected.counters;
+    eprintln!(
+        "collected {} records ({} duplicates ignored), {} missing in {} gap(s), {} dropped by observers, {} undecodable frames",
+        c.records,
+        c.duplicates,
+        collected.missing_records(),
+        collected.gaps.len(),
+        c.drops(),
+        c.decode_errors
+    );
+    Ok(())
+}
+
+/// Runs until the duration is over or Ctrl-C, printing progress every few seconds and noting
+/// observers that end early (a lost host). True when interrupted.
+async fn watch_session(
+    duration: Duration,
+    collector: &Collector,
+    prober: &Prober,
+    running: &mut Vec<(String, tokio::task::JoinHandle<ObserverEnd>)>,
+    recap: &mut Recap,
+) -> bool {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    let mut last = collector.counters().snapshot();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return false,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("interrupted: stopping observers and collecting what they have");
+                return true;
+            }
+            _ = tick.tick() => {
+                let now = collector.counters().snapshot();
+                eprintln!("{}", progress_line(started.elapsed(), &now, &last, prober));
+                last = now;
+                let mut i = 0;
+                while i < running.len() {
+                    if running[i].1.is_finished() {
+                        let (name, h) = running.remove(i);
+                        match h.await {
+                            Ok(end) => note_observer_end(recap, &end),
+                            Err(e) => recap.set(&name, HostOutcome::Failed(format!("observer task failed: {e}"))),
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                if running.is_empty() {
+                    eprintln!("every observer has ended; stopping the session early");
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+fn progress_line(
+    elapsed: Duration,
+    now: &crate::collector::Snapshot,
+    last: &crate::collector::Snapshot,
+    prober: &Prober,
+) -> String {
+    let sync = prober.state.lock().expect("sync state");
+    let mut parts = vec![format!(
+        "[{:>4}s] {} records ({:.0}/s), {} dropped, {} missing",
+        elapsed.as_secs(),
+        now.records,
+        now.records_per_sec_since(last),
+        now.drops(),
+        now.missing
+    )];
+    for (h, c) in &now.hosts {
+        let before = last.hosts.get(h).map(|c| c.records).unwrap_or(0);
+        let rate = (c.records - before.min(c.records)) as f64
+            / now.at.duration_since(last.at).as_secs_f64().max(1e-3);
+        parts.push(format!("{h} {rate:.0}/s drops {}", c.drops()));
+    }
+    let worst = sync
+        .latest
+        .values()
+        .map(|f| f.error_bound_ns)
+        .fold(0.0, f64::max);
+    parts.push(format!("sync ±{:.1}µs", worst / 1e3));
+    parts.join(" | ")
+}
+
+fn note_observer_end(recap: &mut Recap, end: &ObserverEnd) {
+    if !end.is_clean() {
+        recap.set(&end.host, HostOutcome::Failed(end.describe_failure()));
+        eprintln!("{}: {}", end.host, end.describe_failure());
+    }
+}
+
+fn fail_domain(recap: &mut Recap, d: &session::Domain, why: &str) {
+    eprintln!("{why}");
+    for h in &d.hosts {
+        recap.set(h, HostOutcome::Failed(why.to_string()));
+    }
+}
+
+fn domain_address(domains: &[session::Domain], name: &str) -> String {
+    domains
+        .iter()
+        .find(|d| d.name == name)
+        .map(|d| d.address.clone())
+        .unwrap_or_default()
+}
+
+/// The kernel host whose observer covers `h` (itself, or a container's ancestor).
+fn kernel_of<'a>(inv: &'a Inventory, h: &'a Host) -> &'a Host {
+    let mut cur = h;
+    while cur.kind == Kind::Container {
+        cur = &inv.hosts[cur.parent.as_ref().expect("validated")];
+    }
+    cur
+}
+
+/// Prints the session's report (and writes the HTML one when asked).
+fn report(store: &str, session: &str, html: Option<&PathBuf>) -> anyhow::Result<()> {
+    use crate::report::Format;
+    let args = |format, output| super::report::Args {
+        session: Some(session.to_string()),
+        store: store.to_string(),
+        format,
+        output,
+        per_flow: false,
+    };
+    if let Some(path) = html {
+        super::report::run(args(Format::Html, Some(path.clone())))?;
+        eprintln!("HTML report written to {}", path.display());
+    }
+    super::report::run(args(Format::Table, None))
+}

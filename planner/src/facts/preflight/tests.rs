@@ -1,0 +1,279 @@
+use super::super::probe::{Check, IfaceProbe};
+use super::super::{AttachedProg, Interface};
+use super::*;
+use crate::inventory::{Inventory, load_str};
+
+fn inv() -> Inventory {
+    load_str(
+        "t.yaml",
+        "all:\n  hosts:\n    m1: {address: 10.0.0.1, interfaces: [eth0, tap0]}\n    c1: {kind: container, parent: m1, netns: ns1, host_interface: tap0, interfaces: [eth0]}\n",
+    )
+    .unwrap()
+}
+
+fn facts() -> Facts {
+    let iface = |exists| Interface {
+        exists,
+        ifindex: Some(2),
+        operstate: Some("up".into()),
+        programs: vec![],
+    };
+    Facts {
+        arch: "x86_64".into(),
+        kernel: "6.18.0".into(),
+        btf: true,
+        boot_id: "0123456789abcdef".into(),
+        uid: 0,
+        user: "root".into(),
+        sudo: Sudo::Root,
+        lockdown: None,
+        install_dir_exists: true,
+        disk_free_bytes: Some(10 << 30),
+        files: Default::default(),
+        interfaces: [
+            ("eth0".to_string(), iface(true)),
+            ("tap0".to_string(), iface(true)),
+        ]
+        .into(),
+        running: Default::default(),
+        has_ip: true,
+        has_bpftool: false,
+    }
+}
+
+fn probe() -> ProbeReport {
+    let ok = |hook: &str| Check {
+        ok: true,
+        hook: hook.into(),
+        error: None,
+    };
+    let ok_if = IfaceProbe {
+        exists: true,
+        ifindex: 2,
+        xdp_native: ok("xdp native"),
+        xdp_generic: ok("xdp generic"),
+        tc_egress: ok("tcx egress"),
+        foreign: vec![],
+    };
+    ProbeReport {
+        schema: 1,
+        kernel: "6.18.0".into(),
+        btf: true,
+        layers: [(
+            "sock_send".to_string(),
+            ok("tracepoint:sock:sock_send_length"),
+        )]
+        .into(),
+        interfaces: [
+            ("eth0".to_string(), ok_if.clone()),
+            ("tap0".to_string(), ok_if),
+        ]
+        .into(),
+        ok: true,
+        ..Default::default()
+    }
+}
+
+fn ifaces() -> Vec<String> {
+    vec!["eth0".into(), "tap0".into()]
+}
+
+#[test]
+fn a_healthy_host_passes_every_check() {
+    let inv = inv();
+    let ev = Evidence {
+        reach: Some(Ok(())),
+        facts: Some(Ok(facts())),
+        probe: Some(Ok(probe())),
+    };
+    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &ev);
+    assert!(r.ok, "{r:#?}");
+    assert!(
+        CHECKS.iter().all(|k| r.checks[*k].status == Status::Pass),
+        "{r:#?}"
+    );
+    assert_eq!(r.checks["xdp"].detail, "native");
+}
+
+#[test]
+fn unreachable_says_why_and_skips_the_rest() {
+    let inv = inv();
+    let ev = Evidence {
+        reach: Some(Err(
+            "ssh: connect to host 10.0.0.1 port 22: Connection refused".into(),
+        )),
+        ..Default::default()
+    };
+    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &ev);
+    assert!(!r.ok);
+    let v = &r.checks["reachable"];
+    assert_eq!(v.status, Status::Fail);
+    assert!(v.reason.as_ref().unwrap().contains("Connection refused"));
+    assert!(v.fix.as_ref().unwrap().contains("sshd"));
+    assert_eq!(r.checks["arch"].status, Status::Skip);
+}
+
+#[test]
+fn a_missing_interface_is_named() {
+    let inv = inv();
+    let mut f = facts();
+    f.interfaces.get_mut("tap0").unwrap().exists = false;
+    let mut p = probe();
+    p.interfaces.get_mut("tap0").unwrap().exists = false;
+    let ev = Evidence {
+        reach: Some(Ok(())),
+        facts: Some(Ok(f)),
+        probe: Some(Ok(p)),
+    };
+    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &ev);
+    assert_eq!(r.checks["interfaces"].status, Status::Fail);
+    assert!(
+        r.checks["interfaces"]
+            .reason
+            .as_ref()
+            .unwrap()
+            .contains("tap0")
+    );
+}
+
+#[test]
+fn a_foreign_xdp_program_fails_with_how_to_detach() {
+    let inv = inv();
+    let mut f = facts();
+    f.interfaces
+        .get_mut("eth0")
+        .unwrap()
+        .programs
+        .push(AttachedProg {
+            id: 114,
+            name: "foreign_xdp".into(),
+            attach: "xdpgeneric".into(),
+        });
+    f.interfaces
+        .get_mut("tap0")
+        .unwrap()
+        .programs
+        .push(AttachedProg {
+            id: 9,
+            name: "lp_xdp_recv".into(),
+            attach: "xdpgeneric".into(),
+        });
+    let ev = Evidence {
+        reach: Some(Ok(())),
+        facts: Some(Ok(f)),
+        probe: Some(Ok(probe())),
+    };
+    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &ev);
+    let v = &r.checks["foreign"];
+    assert_eq!(v.status, Status::Fail, "{v:?}");
+    assert!(v.reason.as_ref().unwrap().contains("foreign_xdp"));
+    assert!(
+        !v.reason.as_ref().unwrap().contains("lp_xdp_recv"),
+        "ours are not foreign"
+    );
+    assert!(
+        v.fix
+            .as_ref()
+            .unwrap()
+            .contains("ip link set dev eth0 xdpgeneric off")
+    );
+}
+
+#[test]
+fn sudo_needs_become_for_non_root() {
+    let inv = inv();
+    let mut f = facts();
+    f.sudo = Sudo::Passwordless;
+    f.user = "ops".into();
+    let ev = Evidence {
+        reach: Some(Ok(())),
+        facts: Some(Ok(f)),
+        probe: Some(Ok(probe())),
+    };
+    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &ev);
+    assert_eq!(r.checks["sudo"].status, Status::Fail);
+    assert!(
+        r.checks["sudo"]
+            .fix
+            .as_ref()
+            .unwrap()
+            .contains("become: true")
+    );
+}
+
+#[test]
+fn containers_follow_their_parent() {
+    let inv = inv();
+    let ev = Evidence {
+        reach: Some(Err("refused".into())),
+        ..Default::default()
+    };
+    let parent = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &ev);
+    let r = judge_container(
+        &inv.hosts["c1"],
+        &parent,
+        None,
+        &ContainerEvidence::default(),
+    );
+    assert!(!r.ok);
+    assert!(
+        r.checks["reachable"]
+            .reason
+            .as_ref()
+            .unwrap()
+            .contains("m1")
+    );
+
+    let ev = Evidence {
+        reach: Some(Ok(())),
+        facts: Some(Ok(facts())),
+        probe: Some(Ok(probe())),
+    };
+    let parent = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &ev);
+    let found = [("eth0".to_string(), false)].into();
+    let r = judge_container(
+        &inv.hosts["c1"],
+        &parent,
+        Some(&facts()),
+        &ContainerEvidence {
+            interfaces: Some(Ok(found)),
+        },
+    );
+    assert_eq!(r.checks["interfaces"].status, Status::Fail);
+    assert!(
+        r.checks["interfaces"]
+            .reason
+            .as_ref()
+            .unwrap()
+            .contains("inside ns1")
+    );
+}
+
+#[test]
+fn one_clock_domain_on_two_kernels_fails() {
+    let inv = load_str(
+        "t.yaml",
+        "all:\n  vars: {clock_domain: shared}\n  hosts:\n    a: {address: 10.0.0.1}\n    b: {address: 10.0.0.2}\n",
+    )
+    .unwrap();
+    let ev = Evidence {
+        reach: Some(Ok(())),
+        facts: Some(Ok(facts())),
+        probe: Some(Ok(probe())),
+    };
+    let mut reports = vec![
+        judge_kernel_host(&inv.hosts["a"], &[], &ev),
+        judge_kernel_host(&inv.hosts["b"], &[], &ev),
+    ];
+    let boots = [
+        ("a".to_string(), "x".to_string()),
+        ("b".to_string(), "y".to_string()),
+    ]
+    .into();
+    judge_clock_domains(&mut reports, &inv.hosts, &boots);
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.checks["clock"].status == Status::Fail)
+    );
+}

@@ -1,0 +1,296 @@
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use labtools::testlab::{self, ns_exec, ns_run};
+use serde_json::Value;
+
+fn latplan(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_latplan"))
+        .args(args)
+        .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
+        .output()
+        .expect("run latplan");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn require_observer() {
+    let obs = testlab::artifacts_dir().join("observer");
+    assert!(
+        obs.is_file(),
+        "{} is missing: build it with `cargo build --release --target x86_64-unknown-linux-musl -p observer` (check's attach tests run it)",
+        obs.display()
+    );
+}
+
+fn lab() -> String {
+    testlab::lab_inventory().display().to_string()
+}
+
+/// Runs `latplan check --format json` and returns (exit code, hosts by name).
+fn check_json() -> (i32, serde_json::Map<String, Value>, String) {
+    let started = Instant::now();
+    let (code, out, err) = latplan(&["check", &lab(), "--format", "json"]);
+    eprintln!(
+        "latplan check on the lab: {:.1} s (exit {code})",
+        started.elapsed().as_secs_f64()
+    );
+    let j: Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("check printed no JSON ({e}): {out}\n{err}"));
+    let hosts = j["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["name"].as_str().unwrap().to_string(), h.clone()))
+        .collect();
+    (code, hosts, out)
+}
+
+fn verdict<'a>(hosts: &'a serde_json::Map<String, Value>, host: &str, check: &str) -> &'a Value {
+    &hosts[host]["checks"][check]
+}
+
+#[test]
+fn check_is_all_green_on_a_healthy_lab() {
+    testlab::require_lab();
+    require_observer();
+    let _lock = testlab::lock_lab();
+    let (code, hosts, out) = check_json();
+    let failing: Vec<_> = hosts.values().filter(|h| h["ok"] != true).collect();
+    assert!(failing.is_empty(), "hosts failing on a healthy lab: {out}");
+    assert_eq!(code, 0);
+    assert_eq!(hosts.len(), 6);
+    for h in ["metal1", "metal2", "vm1", "vm2"] {
+        for c in [
+            "reachable",
+            "arch",
+            "kernel",
+            "btf",
+            "sudo",
+            "disk",
+            "clock",
+            "interfaces",
+            "foreign",
+            "bpf",
+            "xdp",
+            "tc",
+            "hooks",
+        ] {
+            assert_eq!(
+                verdict(&hosts, h, c)["status"],
+                "pass",
+                "{h} {c}: {}",
+                verdict(&hosts, h, c)
+            );
+        }
+    }
+    assert_eq!(verdict(&hosts, "ct2", "reachable")["detail"], "via vm2");
+
+    // plan: facts say the observer was pushed by check, so its upload is ok, nothing else runs.
+    let (code, out, err) = latplan(&["plan", &lab()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok       upload          observer"), "{out}");
+    assert!(out.contains("nothing was changed"), "{out}");
+}
+
+/// What the broken-lab test changed, undone on drop (also when an assertion fails).
+struct Breakage {
+    sshd_stopped: Option<(String, PathBuf)>,
+    renamed: Option<(String, String, String)>,
+    xdp: Option<(String, String)>,
+}
+
+impl Drop for Breakage {
+    fn drop(&mut self) {
+        if let Some((ns, iface)) = self.xdp.take() {
+            ns_exec(
+                &ns,
+                &["ip", "link", "set", "dev", &iface, "xdpgeneric", "off"],
+            );
+        }
+        if let Some((ns, gone, name)) = self.renamed.take() {
+            ns_exec(&ns, &["ip", "link", "set", "dev", &gone, "name", &name]);
+            ns_exec(&ns, &["ip", "link", "set", "dev", &name, "up"]);
+        }
+        if let Some((ns, dir)) = self.sshd_stopped.take() {
+            start_sshd(&ns, &dir);
+        }
+    }
+}
+
+/// Starts a lab sshd the way ci/lab does: in the host's namespace, in a private mount namespace
+/// that hides root's ~/.bashrc and has tracefs and bpffs.
+fn start_sshd(ns: &str, dir: &Path) {
+    let lab = testlab::state_dir().join("lab");
+    let script = r#"set -e
+if [ -e /root/.bashrc ]; then mount --bind "$1" /root/.bashrc; fi
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+exec /usr/sbin/sshd -f "$2" -E "$3""#;
+    let log = lab.join("log").join(format!(
+        "sshd-{}.log",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    let st = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(lab.join("empty_bashrc"))
+        .arg(dir.join("sshd_config"))
+        .arg(log)
+        .status()
+        .expect("start sshd");
+    assert!(st.success(), "restarting sshd in {ns} failed");
+}
+
+fn stop_sshd(dir: &Path) {
+    let pid = std::fs::read_to_string(dir.join("sshd.pid")).expect("lab sshd pid file");
+    let pid: i32 = pid.trim().parse().expect("pid");
+    // SAFETY: signalling the lab's sshd listener by its recorded pid.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGTERM) },
+        0,
+        "kill sshd {pid}"
+    );
+    for _ in 0..100 {
+        // SAFETY: signal 0 only checks existence.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("sshd {pid} did not exit");
+}
+
+/// A tiny XDP program (XDP_PASS) named `foreign_xdp`, built from LLVM IR with llc: someone
+/// else's program, as far as latplan is concerned.
+fn foreign_xdp_object(dir: &Path) -> PathBuf {
+    let ir = dir.join("foreign.ll");
+    std::fs::write(
+        &ir,
+        "@_license = global [4 x i8] c\"GPL\\00\", section \"license\", align 1\n\
+         define i32 @foreign_xdp(i8* %ctx) section \"xdp\" {\n  ret i32 2\n}\n",
+    )
+    .unwrap();
+    let obj = dir.join("foreign.o");
+    let st = Command::new("llc")
+        .args(["-march=bpf", "-filetype=obj", "-o"])
+        .arg(&obj)
+        .arg(&ir)
+        .status()
+        .expect("llc (Debian package llvm) is needed to build the foreign XDP test program");
+    assert!(st.success(), "llc failed");
+    obj
+}
+
+#[test]
+fn check_names_each_broken_host_and_still_reports_the_healthy_ones() {
+    testlab::require_lab();
+    require_observer();
+    let _lock = testlab::lock_lab();
+    let tmp = tempfile::tempdir().unwrap();
+    let obj = foreign_xdp_object(tmp.path());
+    let mut b = Breakage {
+        sshd_stopped: None,
+        renamed: None,
+        xdp: None,
+    };
+
+    // 1. metal2's sshd stopped.
+    let sshd_dir = testlab::state_dir().join("lab/sshd/metal2");
+    stop_sshd(&sshd_dir);
+    b.sshd_stopped = Some(("lp-metal2".into(), sshd_dir));
+    // 2. metal1's veth-ct1 (ct1's host side, named in metal1's interfaces) gone.
+    ns_run(
+        "lp-metal1",
+        &["ip", "link", "set", "dev", "veth-ct1", "down"],
+    );
+    ns_run(
+        "lp-metal1",
+        &["ip", "link", "set", "dev", "veth-ct1", "name", "lpgone0"],
+    );
+    b.renamed = Some(("lp-metal1".into(), "lpgone0".into(), "veth-ct1".into()));
+    // 3. someone else's XDP program on vm1's eth0.
+    ns_run(
+        "lp-vm1",
+        &[
+            "ip",
+            "link",
+            "set",
+            "dev",
+            "eth0",
+            "xdpgeneric",
+            "obj",
+            obj.to_str().unwrap(),
+            "sec",
+            "xdp",
+        ],
+    );
+    b.xdp = Some(("lp-vm1".into(), "eth0".into()));
+
+    let (code, hosts, out) = check_json();
+    assert_eq!(code, 1, "a failing host makes the exit code 1: {out}");
+
+    let v = verdict(&hosts, "metal2", "reachable");
+    assert_eq!(v["status"], "fail", "{out}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("Connection refused"),
+        "{v}"
+    );
+    assert!(v["fix"].as_str().unwrap().contains("sshd"), "{v}");
+
+    let v = verdict(&hosts, "metal1", "interfaces");
+    assert_eq!(v["status"], "fail", "{out}");
+    assert!(v["reason"].as_str().unwrap().contains("veth-ct1"), "{v}");
+    let v = verdict(&hosts, "ct1", "interfaces");
+    assert_eq!(v["status"], "fail", "{out}");
+    assert!(v["reason"].as_str().unwrap().contains("veth-ct1"), "{v}");
+
+    let v = verdict(&hosts, "vm1", "foreign");
+    assert_eq!(v["status"], "fail", "{out}");
+    assert!(v["reason"].as_str().unwrap().contains("foreign_xdp"), "{v}");
+    assert!(
+        v["fix"].as_str().unwrap().contains("ip link set dev eth0"),
+        "{v}"
+    );
+
+    // The healthy ones are still checked and pass.
+    for h in ["vm2", "ct2"] {
+        assert_eq!(hosts[h]["ok"], true, "{h} is healthy: {out}");
+    }
+    assert_eq!(verdict(&hosts, "vm2", "xdp")["status"], "pass");
+    // metal1 itself is reachable and otherwise fine.
+    assert_eq!(verdict(&hosts, "metal1", "reachable")["status"], "pass");
+
+    drop(b);
+    // Restored: the foreign program is gone and the interface is back.
+    let link = ns_run("lp-vm1", &["ip", "-j", "-d", "link", "show", "dev", "eth0"]);
+    assert!(!link.contains("foreign_xdp"), "{link}");
+    ns_run("lp-metal1", &["ip", "link", "show", "dev", "veth-ct1"]);
+    let (code, out, err) = latplan(&[
+        "check",
+        &lab(),
+        "--limit",
+        "metal2,metal1,ct1,vm1",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(
+        code, 0,
+        "the lab is healthy again after the test: {out}{err}"
+    );
+}

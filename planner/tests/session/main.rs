@@ -1,0 +1,343 @@
+//! `latplan apply` and `latplan teardown` on the lab (issue: a measurement session end to end).
+//! Needs root and the lab (`ci/lab up`); fails with the reason otherwise.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use labtools::testlab::{self, lab_inventory, lock_lab, ns_command, require_lab};
+
+const LATPLAN: &str = env!("CARGO_BIN_EXE_latplan");
+const HOSTS: [&str; 4] = ["metal1", "metal2", "vm1", "vm2"];
+
+fn latplan(args: &[&str]) -> Output {
+    Command::new(LATPLAN)
+        .args(args)
+        .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run latplan")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn install_dir(host: &str) -> PathBuf {
+    testlab::state_dir().join("lab/hosts").join(host)
+}
+
+fn lab_traffic() -> PathBuf {
+    let p = testlab::state_dir().join("lab/bin/lab-traffic");
+    assert!(
+        p.exists(),
+        "{} is missing: ci/lab up installs it",
+        p.display()
+    );
+    p
+}
+
+/// Names of the eBPF programs of ours loaded in the kernel.
+fn our_programs() -> Vec<String> {
+    let o = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "name").nth(1))
+        .filter(|n| n.starts_with("lp_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Our processes: anything running from a lab host's install dir.
+fn our_processes() -> Vec<String> {
+    let o = Command::new("pgrep")
+        .args(["-af", "latplan-ci/lab/hosts/"])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A bulk TCP flow from the container on metal1 to the VM on metal2, across the wan relay.
+struct Traffic(Vec<Child>);
+
+impl Traffic {
+    fn start(seconds: u32, rate: &str) -> Traffic {
+        let bin = lab_traffic();
+        let bin = bin.to_str().unwrap();
+        let recv = ns_command("lp-vm2", &[bin, "tcp-recv", "--listen", "10.77.2.2:5201"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the receiver");
+        std::thread::sleep(Duration::from_millis(300));
+        let dur = format!("{seconds}s");
+        let send = ns_command(
+            "lp-ct1",
+            &[
+                bin,
+                "tcp-send",
+                "--connect",
+                "10.77.2.2:5201",
+                "--duration",
+                &dur,
+                "--rate",
+                rate,
+            ],
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the sender");
+        Traffic(vec![send, recv])
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn assert_clean(when: &str) {
+    assert!(
+        our_programs().is_empty(),
+        "{when}: programs of ours still loaded: {:?}",
+        our_programs()
+    );
+    assert!(
+        our_processes().is_empty(),
+        "{when}: processes of ours still running: {:?}",
+        our_processes()
+    );
+    for h in HOSTS {
+        assert!(
+            !install_dir(h).exists(),
+            "{when}: {} still exists",
+            install_dir(h).display()
+        );
+    }
+}
+
+#[test]
+fn apply_measures_every_segment_then_teardown_leaves_nothing() {
+    require_lab();
+    let _lab = lock_lab();
+    let inv = lab_inventory();
+    let inv = inv.to_str().unwrap();
+    let t = latplan(&["teardown", inv]);
+    assert!(t.status.success(), "initial teardown: {}", text(&t));
+    assert_clean("before apply");
+    let links_before = root_links();
+
+    let db = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", db.path().join("s.db").display());
+    let _traffic = Traffic::start(30, "20M");
+    let run = latplan(&[
+        "apply",
+        inv,
+        "--duration",
+        "12s",
+        "--store",
+        &store,
+        "--session",
+        "it-1",
+    ]);
+    let out = text(&run);
+    assert!(run.status.success(), "apply failed: {out}");
+    for segment in [
+        "e2e ct1→vm2",
+        "ct1:sock_send→tcp_send",
+        "ct1:tcp_send→ip_send",
+        "vhop ct1:",
+        "metal1:dev_send(wan0)→dev_xmit(wan0)",
+        "net metal1:wan0→metal2:wan0",
+        "vhop metal2:tap-vm2→vm2:eth0",
+        "vm2:tcp_recv→sock_queue",
+        "vm2:sock_queue→sock_recv",
+    ] {
+        assert!(out.contains(segment), "the report lacks {segment:?}: {out}");
+    }
+    assert!(
+        out.contains("failed=0 unreachable=0"),
+        "every host ran cleanly: {out}"
+    );
+
+    // Converged hosts: a second apply changes nothing.
+    let again = latplan(&["apply", inv, "--check"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("changed=0 failed=0 unreachable=0"),
+        "{}",
+        text(&again)
+    );
+
+    let t1 = latplan(&["teardown", inv]);
+    assert!(t1.status.success(), "{}", text(&t1));
+    assert!(
+        text(&t1).contains("changed=4"),
+        "teardown removes each host's directory: {}",
+        text(&t1)
+    );
+    assert_clean("after teardown");
+    assert_eq!(
+        root_links(),
+        links_before,
+        "links of the root namespace changed"
+    );
+    let t2 = latplan(&["teardown", inv]);
+    assert!(t2.status.success(), "{}", text(&t2));
+    assert!(
+        text(&t2).contains("ok=4 changed=0"),
+        "second teardown is a no-op: {}",
+        text(&t2)
+    );
+}
+
+#[test]
+fn a_manager_killed_mid_session_leaves_observers_that_expire_and_teardown_cleans() {
+    require_lab();
+    let _lab = lock_lab();
+    let inv = lab_inventory();
+    let inv = inv.to_str().unwrap();
+    assert!(latplan(&["teardown", inv]).status.success());
+    let db = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", db.path().join("s.db").display());
+    let mut apply = Command::new(LATPLAN)
+        .args(["apply", inv, "--duration", "120s", "--store", &store])
+        .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !pid_file_alive(&install_dir("metal1"), "observer") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "observers did not start within 60 s"
+        );
+        assert!(
+            apply.try_wait().unwrap().is_none(),
+            "apply ended before the observers started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    apply.kill().unwrap(); // SIGKILL: no chance to clean up
+    apply.wait().unwrap();
+    let killed = Instant::now();
+    // The lease is 15 s: every observer detaches and exits within it (plus a margin).
+    while HOSTS
+        .iter()
+        .any(|h| pid_file_alive(&install_dir(h), "observer"))
+    {
+        assert!(
+            killed.elapsed() < Duration::from_secs(25),
+            "observers outlived their lease: {:?}",
+            our_processes()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let t = latplan(&["teardown", inv]);
+    assert!(t.status.success(), "{}", text(&t));
+    assert_clean("after teardown of a killed session");
+}
+
+fn pid_file_alive(dir: &Path, name: &str) -> bool {
+    std::fs::read_to_string(dir.join("run").join(format!("{name}.pid")))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+fn root_links() -> Vec<String> {
+    let o = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_host_lost_mid_session_is_reported_and_the_others_finish() {
+    require_lab();
+    let _lab = lock_lab();
+    let inv = lab_inventory();
+    let inv = inv.to_str().unwrap();
+    assert!(latplan(&["teardown", inv]).status.success());
+    let db = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", db.path().join("s.db").display());
+    let _traffic = Traffic::start(40, "10M");
+    let apply = Command::new(LATPLAN)
+        .args(["apply", inv, "--duration", "20s", "--store", &store])
+        .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !pid_file_alive(&install_dir("vm1"), "observer") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "vm1's observer did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    // The host dies: everything running in its namespace (sshd, its sessions, the observer).
+    let pids = Command::new("ip")
+        .args(["netns", "pids", "lp-vm1"])
+        .output()
+        .unwrap();
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    let out = apply.wait_with_output().unwrap();
+    let report = text(&out);
+    // Bring the lab's vm1 back before anything can fail, so later tests find it whole.
+    testlab::ci_lab(&["up"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed host makes the exit code 1: {report}"
+    );
+    let vm1 = report
+        .lines()
+        .find(|l| l.contains("│ vm1") && l.contains("failed"))
+        .unwrap_or_else(|| panic!("vm1 is not reported failed: {report}"));
+    assert!(
+        vm1.contains("observer"),
+        "the reason names the observer: {vm1}"
+    );
+    for h in ["metal1", "metal2", "vm2"] {
+        assert!(
+            !report
+                .lines()
+                .any(|l| l.contains(&format!("│ {h} ")) && l.contains("failed")),
+            "{h} should have finished: {report}"
+        );
+    }
+    assert!(
+        report.contains("e2e ct1→vm2"),
+        "the others' report is printed: {report}"
+    );
+    let t = latplan(&["teardown", inv]);
+    assert!(t.status.success(), "{}", text(&t));
+    assert_clean("after teardown");
+}

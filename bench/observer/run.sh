@@ -61,24 +61,33 @@ for path in wan veth; do
     fi
   done
   n=$(median <"$TMP/none"); o=$(median <"$TMP/obs")
-  printf "| TCP bulk %s, MB/s (median of %s) | %.1f | %.1f | %.3f |\n" "$path" "$ROUNDS" "$(echo "$n/1e6" | bc -l)" "$(echo "$o/1e6" | bc -l)" "$(echo "$o/$n" | bc -l)"
+  awk -v p="$path" -v r="$ROUNDS" -v n="$n" -v o="$o" 'BEGIN { printf "| TCP bulk %s, MB/s (median of %s) | %.1f | %.1f | %.3f |\n", p, r, n/1e6, o/1e6, o/n }'
 done
 
-# UDP flood: 64-byte datagrams metal1 -> ct1 over the direct veth.
-: >"$TMP/none"; : >"$TMP/obs"; : >"$TMP/cpu"; : >"$TMP/rps"
-for _ in $(seq "$ROUNDS"); do
-  ip netns exec lp-metal1 "$LT" udp-flood --connect 10.77.1.6:9 --size 64 --duration 3s | jq -r .ops_per_sec >>"$TMP/none"
-  start_obs lp-metal1 a --interfaces veth-ct1 --sample-udp --stats-interval 1
-  ip netns exec lp-metal1 "$LT" udp-flood --connect 10.77.1.6:9 --size 64 --duration 3s | jq -r .ops_per_sec >>"$TMP/obs"
-  stop_obs a
-  # Busiest stats interval: the observer's CPU and the records it shipped per second then.
-  "$OBS" dump --json "$TMP/a.bin" | jq -s -r '[.[] | select(.stats) | .stats] as $s
-    | [range(1; $s|length) | {cpu: $s[.].cpu_percent, rps: (($s[.].records_sent - $s[.-1].records_sent) / (($s[.].ts_ns - $s[.-1].ts_ns)/1e9)), full: ([$s[.].layers[].ringbuf_full]|add)}]
-    | max_by(.rps) | "\(.cpu) \(.rps) \(.full)"' >"$TMP/flood"
-  read -r c r f <"$TMP/flood"; echo "$c" >>"$TMP/cpu"; echo "$r" >>"$TMP/rps"
-  [ "$f" = 0 ] || echo "note: $f records lost to a full ring buffer in one round" >&2
-done
-n=$(median <"$TMP/none"); o=$(median <"$TMP/obs")
-printf "| UDP 64 B flood, pps, every packet recorded (median of %s) | %.0f | %.0f | %.3f |\n" "$ROUNDS" "$n" "$o" "$(echo "$o/$n" | bc -l)"
-printf "| observer CPU %% of one core at the flood (busiest second) | | %.1f | |\n" "$(median <"$TMP/cpu")"
-printf "| records drained and shipped per second at the flood | | %.0f | |\n" "$(median <"$TMP/rps")"
+# UDP flood: 64-byte datagrams metal1 -> ct1 over the direct veth, every packet recorded at
+# dev_send; once with every layer attached (sock_send's syscall hook then runs per datagram too),
+# once with the interface layers only.
+flood() { # LABEL OBSERVER-ARGS...
+  local label=$1; shift
+  : >"$TMP/none"; : >"$TMP/obs"; : >"$TMP/cpu"; : >"$TMP/rps"
+  for _ in $(seq "$ROUNDS"); do
+    ip netns exec lp-metal1 "$LT" udp-flood --connect 10.77.1.6:9 --size 64 --duration 3s | jq -r .ops_per_sec >>"$TMP/none"
+    start_obs lp-metal1 a --interfaces veth-ct1 --sample-udp --stats-interval 1 "$@"
+    ip netns exec lp-metal1 "$LT" udp-flood --connect 10.77.1.6:9 --size 64 --duration 3s | jq -r .ops_per_sec >>"$TMP/obs"
+    stop_obs a
+    # Busiest stats interval: the observer's CPU and the records it shipped per second then.
+    "$OBS" dump --json "$TMP/a.bin" | jq -s -r '[.[] | select(.stats) | .stats] as $s
+      | [range(1; $s|length) as $i | {cpu: $s[$i].cpu_percent,
+           rps: (($s[$i].records_sent - $s[$i-1].records_sent) / (($s[$i].ts_ns - $s[$i-1].ts_ns)/1e9))}]
+      | max_by(.rps) | "\(.cpu) \(.rps) \([$s[-1].layers[].ringbuf_full] | add)"' >"$TMP/flood"
+    read -r c r f <"$TMP/flood"; echo "$c" >>"$TMP/cpu"; echo "$r" >>"$TMP/rps"
+    [ "$f" = 0 ] || echo "note: $f records lost to a full ring buffer in one round" >&2
+  done
+  n=$(median <"$TMP/none"); o=$(median <"$TMP/obs")
+  awk -v l="$label" -v r="$ROUNDS" -v n="$n" -v o="$o" -v c="$(median <"$TMP/cpu")" -v d="$(median <"$TMP/rps")" 'BEGIN {
+    printf "| UDP 64 B flood pps, every packet recorded, %s (median of %s) | %.0f | %.0f | %.3f |\n", l, r, n, o, o/n
+    printf "| observer CPU %% of one core at that flood (busiest second) | | %.1f | |\n", c
+    printf "| records drained and shipped per second at that flood | | %.0f | |\n", d }'
+}
+flood "all layers"
+flood "interface layers only" --layers dev_send,dev_xmit,dev_recv

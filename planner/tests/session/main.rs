@@ -212,26 +212,8 @@ fn a_manager_killed_mid_session_leaves_observers_that_expire_and_teardown_cleans
     assert!(latplan(&["teardown", inv]).status.success());
     let db = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", db.path().join("s.db").display());
-    let mut apply = Command::new(LATPLAN)
-        .args(["apply", inv, "--duration", "120s", "--store", &store])
-        .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !pid_file_alive(&install_dir("metal1"), "observer") {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "observers did not start within 60 s"
-        );
-        assert!(
-            apply.try_wait().unwrap().is_none(),
-            "apply ended before the observers started"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut apply = spawn_apply(inv, "120s", &store, false);
+    wait_for_observer("metal1", &mut apply);
     std::thread::sleep(Duration::from_secs(2));
     apply.kill().unwrap(); // SIGKILL: no chance to clean up
     apply.wait().unwrap();
@@ -251,6 +233,41 @@ fn a_manager_killed_mid_session_leaves_observers_that_expire_and_teardown_cleans
     let t = latplan(&["teardown", inv]);
     assert!(t.status.success(), "{}", text(&t));
     assert_clean("after teardown of a killed session");
+}
+
+/// Starts `latplan apply` in the background; `capture` keeps its output for the test to read.
+fn spawn_apply(inv: &str, duration: &str, store: &str, capture: bool) -> Child {
+    let out = || {
+        if capture {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
+    Command::new(LATPLAN)
+        .args(["apply", inv, "--duration", duration, "--store", store])
+        .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
+        .stdin(Stdio::null())
+        .stdout(out())
+        .stderr(out())
+        .spawn()
+        .expect("start latplan apply")
+}
+
+/// Waits until `host`'s observer runs (its PID file names a live process), at most 60 s.
+fn wait_for_observer(host: &str, apply: &mut Child) {
+    let started = Instant::now();
+    while !pid_file_alive(&install_dir(host), "observer") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{host}'s observer did not start within 60 s"
+        );
+        assert!(
+            apply.try_wait().unwrap().is_none(),
+            "apply ended before {host}'s observer started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn pid_file_alive(dir: &Path, name: &str) -> bool {
@@ -283,22 +300,8 @@ fn a_host_lost_mid_session_is_reported_and_the_others_finish() {
     let db = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", db.path().join("s.db").display());
     let _traffic = Traffic::start(40, "10M");
-    let apply = Command::new(LATPLAN)
-        .args(["apply", inv, "--duration", "20s", "--store", &store])
-        .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !pid_file_alive(&install_dir("vm1"), "observer") {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "vm1's observer did not start"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut apply = spawn_apply(inv, "20s", &store, true);
+    wait_for_observer("vm1", &mut apply);
     std::thread::sleep(Duration::from_secs(3));
     // The host dies: everything running in its namespace (sshd, its sessions, the observer).
     let pids = Command::new("ip")

@@ -128,19 +128,40 @@ fn assert_clean(when: &str) {
     }
 }
 
+/// A test's hold on the lab: the lab lock, nothing of ours on the hosts (teardown first), and a
+/// fresh SQLite store for the session.
+struct Fresh {
+    _lab: testlab::LabLock,
+    inv: String,
+    store: String,
+    _db: tempfile::TempDir,
+}
+
+impl Fresh {
+    fn new() -> Fresh {
+        require_lab();
+        let lab = lock_lab();
+        let inv = lab_inventory().to_str().unwrap().to_string();
+        let t = latplan(&["teardown", &inv]);
+        assert!(t.status.success(), "initial teardown: {}", text(&t));
+        let db = tempfile::tempdir().unwrap();
+        let store = format!("sqlite://{}", db.path().join("s.db").display());
+        Fresh {
+            _lab: lab,
+            inv,
+            store,
+            _db: db,
+        }
+    }
+}
+
 #[test]
 fn apply_measures_every_segment_then_teardown_leaves_nothing() {
-    require_lab();
-    let _lab = lock_lab();
-    let inv = lab_inventory();
-    let inv = inv.to_str().unwrap();
-    let t = latplan(&["teardown", inv]);
-    assert!(t.status.success(), "initial teardown: {}", text(&t));
+    let f = Fresh::new();
+    let (inv, store) = (f.inv.as_str(), f.store.as_str());
     assert_clean("before apply");
     let links_before = root_links();
 
-    let db = tempfile::tempdir().unwrap();
-    let store = format!("sqlite://{}", db.path().join("s.db").display());
     let _traffic = Traffic::start(30, "20M");
     let run = latplan(&[
         "apply",
@@ -148,7 +169,7 @@ fn apply_measures_every_segment_then_teardown_leaves_nothing() {
         "--duration",
         "12s",
         "--store",
-        &store,
+        store,
         "--session",
         "it-1",
     ]);
@@ -205,14 +226,9 @@ fn apply_measures_every_segment_then_teardown_leaves_nothing() {
 
 #[test]
 fn a_manager_killed_mid_session_leaves_observers_that_expire_and_teardown_cleans() {
-    require_lab();
-    let _lab = lock_lab();
-    let inv = lab_inventory();
-    let inv = inv.to_str().unwrap();
-    assert!(latplan(&["teardown", inv]).status.success());
-    let db = tempfile::tempdir().unwrap();
-    let store = format!("sqlite://{}", db.path().join("s.db").display());
-    let mut apply = spawn_apply(inv, "120s", &store, false);
+    let f = Fresh::new();
+    let (inv, store) = (f.inv.as_str(), f.store.as_str());
+    let mut apply = spawn_apply(inv, "120s", store, false);
     wait_for_observer("metal1", &mut apply);
     std::thread::sleep(Duration::from_secs(2));
     apply.kill().unwrap(); // SIGKILL: no chance to clean up
@@ -292,15 +308,10 @@ fn root_links() -> Vec<String> {
 
 #[test]
 fn a_host_lost_mid_session_is_reported_and_the_others_finish() {
-    require_lab();
-    let _lab = lock_lab();
-    let inv = lab_inventory();
-    let inv = inv.to_str().unwrap();
-    assert!(latplan(&["teardown", inv]).status.success());
-    let db = tempfile::tempdir().unwrap();
-    let store = format!("sqlite://{}", db.path().join("s.db").display());
+    let f = Fresh::new();
+    let (inv, store) = (f.inv.as_str(), f.store.as_str());
     let _traffic = Traffic::start(40, "10M");
-    let mut apply = spawn_apply(inv, "20s", &store, true);
+    let mut apply = spawn_apply(inv, "20s", store, true);
     wait_for_observer("vm1", &mut apply);
     std::thread::sleep(Duration::from_secs(3));
     // The host dies: everything running in its namespace (sshd, its sessions, the observer).

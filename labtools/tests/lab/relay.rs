@@ -9,9 +9,9 @@ fn wan_delay_of_2ms_each_way_adds_4ms_to_the_rtt() {
     let _lock = lock_lab();
     let _restore = RelayRestore::new("wan");
     relay_set("wan", Dir::Both, Some(0), Some(0.0));
-    let base = ping("lp-metal1", "10.78.0.2", 100, "0.01").median_ms();
+    let base = ping("lp-metal1", "10.78.0.2", 100, "0.01").floor_ms();
     relay_set("wan", Dir::Both, Some(2_000_000), None);
-    let delayed = ping("lp-metal1", "10.78.0.2", 100, "0.01").median_ms();
+    let delayed = ping("lp-metal1", "10.78.0.2", 100, "0.01").floor_ms();
     let added = delayed - base;
     assert!(
         (3.6..=4.4).contains(&added),
@@ -25,11 +25,11 @@ fn one_way_delay_applies_to_its_direction_only() {
     let _lock = lock_lab();
     let _restore = RelayRestore::new("wan");
     relay_set("wan", Dir::Both, Some(0), Some(0.0));
-    let base = ping("lp-metal1", "10.78.0.2", 50, "0.01").median_ms();
+    let base = ping("lp-metal1", "10.78.0.2", 50, "0.01").floor_ms();
     relay_set("wan", Dir::A2b, Some(3_000_000), None);
     let st = relay_status("wan");
     assert_eq!((st.a2b.delay_ns, st.b2a.delay_ns), (3_000_000, 0));
-    let added = ping("lp-metal1", "10.78.0.2", 50, "0.01").median_ms() - base;
+    let added = ping("lp-metal1", "10.78.0.2", 50, "0.01").floor_ms() - base;
     assert!(
         (2.7..=3.3).contains(&added),
         "3 ms on a2b only added {added:.3} ms to the RTT"
@@ -80,9 +80,9 @@ fn a_relay_on_a_vm_link_delays_that_hop() {
     // inventory/lab puts a relay on vm1's link (lab: {relay: true}).
     let _restore = RelayRestore::new("vm1");
     relay_set("vm1", Dir::Both, Some(0), Some(0.0));
-    let base = ping("lp-metal1", "10.77.1.2", 50, "0.01").median_ms();
+    let base = ping("lp-metal1", "10.77.1.2", 50, "0.01").floor_ms();
     relay_set("vm1", Dir::A2b, Some(1_000_000), None);
-    let added = ping("lp-metal1", "10.77.1.2", 50, "0.01").median_ms() - base;
+    let added = ping("lp-metal1", "10.77.1.2", 50, "0.01").floor_ms() - base;
     assert!(
         (0.9..=1.1).contains(&added),
         "1 ms towards vm1 added {added:.3} ms to metal1's RTT"

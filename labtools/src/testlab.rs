@@ -13,18 +13,29 @@ pub fn state_dir() -> PathBuf {
 }
 
 /// The workspace root (tests run with the crate as working directory).
+/// The workspace root: the parent of the crate under test (`cargo test` sets CARGO_MANIFEST_DIR
+/// for the test process), else of labtools as compiled. Read at run time first because a build
+/// directory shared between checkouts may hold a labtools compiled in another one.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    Path::new(&dir)
         .parent()
-        .expect("labtools sits in the workspace")
+        .expect("crates sit one level below the workspace root")
         .to_path_buf()
 }
 
-/// Where the static observer and timesync binaries are (`LATPLAN_ARTIFACTS` or the musl release dir).
+/// Where the static observer and timesync binaries are: `LATPLAN_ARTIFACTS`, else the musl
+/// release dir of the build directory (`CARGO_TARGET_DIR` or the workspace's `target/`).
 pub fn artifacts_dir() -> PathBuf {
-    std::env::var_os("LATPLAN_ARTIFACTS")
+    if let Some(dir) = std::env::var_os("LATPLAN_ARTIFACTS") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/x86_64-unknown-linux-musl/release"))
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("x86_64-unknown-linux-musl/release")
 }
 
 /// The committed lab inventory.

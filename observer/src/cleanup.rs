@@ -7,6 +7,7 @@
 //! belong to a running observer (or timesync) and go away when it stops. Idempotent.
 use anyhow::{Context, Result};
 use serde::Serialize;
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
@@ -26,11 +27,17 @@ pub fn cleanup() -> Report {
     if Path::new(BPFFS).is_dir() {
         walk(Path::new(BPFFS), 0, false, &mut r);
     }
+    // After the unpinning above, an XDP program still behind a bpf link is held by a live
+    // process (a running observer or reflector, perhaps another session's): not a leftover.
+    let held: HashSet<u32> = aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .map(|l| l.program_id())
+        .collect();
     match interfaces() {
         Ok(ifaces) => {
             for iface in ifaces {
-                for (_, name) in xdp_programs(&iface) {
-                    if name.starts_with("lp_") {
+                for (id, name) in xdp_programs(&iface) {
+                    if name.starts_with("lp_") && !held.contains(&id) {
                         match detach_xdp(&iface) {
                             Ok(()) => r.xdp_detached.push(iface.clone()),
                             Err(e) => r.errors.push(format!("{iface}: {e:#}")),

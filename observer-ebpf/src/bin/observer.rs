@@ -276,10 +276,19 @@ mod programs {
         }
     }
 
+    /// An skb seen by TC or cgroup_skb: headers are read straight from the linear data when they
+    /// are there (nearly always), through `bpf_skb_load_bytes` when they are not.
     struct SkbBytes<'a>(&'a aya_ebpf::programs::sk_buff::SkBuff);
     impl Bytes for SkbBytes<'_> {
         #[inline(always)]
         fn read<T: Copy>(&self, off: u32) -> Option<T> {
+            let skb = unsafe { &*self.0.skb };
+            let start = skb.data as usize;
+            let end = skb.data_end as usize;
+            let p = start + off as usize;
+            if p + core::mem::size_of::<T>() <= end {
+                return Some(unsafe { core::ptr::read_unaligned(p as *const T) });
+            }
             self.0.load::<T>(off as usize).ok()
         }
     }
@@ -305,72 +314,106 @@ mod programs {
         Other,
     }
 
+    /// The IPv4 header without options, byte for byte.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Ipv4Header {
+        vihl: u8,
+        tos: u8,
+        tot_len: [u8; 2],
+        id: [u8; 2],
+        frag: [u8; 2],
+        ttl: u8,
+        protocol: u8,
+        check: [u8; 2],
+        saddr: [u8; 4],
+        daddr: [u8; 4],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Ipv6Header {
+        vtc: u8,
+        tc_flow: [u8; 3],
+        payload_len: [u8; 2],
+        next: u8,
+        hop_limit: u8,
+        saddr: [u8; 16],
+        daddr: [u8; 16],
+    }
+
+    /// The TCP header up to its data offset byte.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct TcpHeadStart {
+        sport: [u8; 2],
+        dport: [u8; 2],
+        seq: [u8; 4],
+        ack: [u8; 4],
+        doff: u8,
+    }
+
     /// Parses an IPv4/IPv6 packet starting at `l3` whose EtherType (network order) is `proto`.
     /// Lengths come from the IP header, not from the buffer, so a GSO super-packet or a
     /// multi-buffer XDP frame still yields its whole byte range.
+    ///
+    /// Each header is fetched with one read (one helper call on the skb and kernel paths, not
+    /// one per field): these programs run for every packet on the host, most of them not ours,
+    /// and the helper calls were most of their cost.
     #[inline(always)]
     fn parse_ip<B: Bytes>(b: &B, l3: u32, proto: u16) -> Option<L4> {
         let mut saddr = [0u8; 16];
         let mut daddr = [0u8; 16];
         let (l4, l4_len, next) = if proto == 0x0800u16.to_be() {
-            let vihl: u8 = b.read(l3)?;
-            if vihl >> 4 != 4 {
+            let h: Ipv4Header = b.read(l3)?;
+            if h.vihl >> 4 != 4 {
                 return Some(L4::Other);
             }
-            let ihl = ((vihl & 0x0f) as u32) * 4;
-            let tot: u16 = b.read(l3 + 2)?;
-            let frag: u16 = b.read(l3 + 6)?;
+            let ihl = ((h.vihl & 0x0f) as u32) * 4;
             // Only first fragments (offset 0) carry the transport header.
-            if u16::from_be(frag) & 0x1fff != 0 {
+            if u16::from_be_bytes(h.frag) & 0x1fff != 0 {
                 return Some(L4::Other);
             }
-            let p: u8 = b.read(l3 + 9)?;
-            let s: [u8; 4] = b.read(l3 + 12)?;
-            let d: [u8; 4] = b.read(l3 + 16)?;
             saddr[10] = 0xff;
             saddr[11] = 0xff;
             daddr[10] = 0xff;
             daddr[11] = 0xff;
-            saddr[12..16].copy_from_slice(&s);
-            daddr[12..16].copy_from_slice(&d);
-            let tot = u16::from_be(tot) as u32;
+            saddr[12..16].copy_from_slice(&h.saddr);
+            daddr[12..16].copy_from_slice(&h.daddr);
+            let tot = u16::from_be_bytes(h.tot_len) as u32;
             // TSO super-packets built by TCP may carry tot_len 0 above 64 KiB; treat as unknown.
-            (l3 + ihl, tot.saturating_sub(ihl), p)
+            (l3 + ihl, tot.saturating_sub(ihl), h.protocol)
         } else if proto == 0x86ddu16.to_be() {
-            let v: u8 = b.read(l3)?;
-            if v >> 4 != 6 {
+            let h: Ipv6Header = b.read(l3)?;
+            if h.vtc >> 4 != 6 {
                 return Some(L4::Other);
             }
-            let plen: u16 = b.read(l3 + 4)?;
-            let p: u8 = b.read(l3 + 6)?;
-            saddr = b.read(l3 + 8)?;
-            daddr = b.read(l3 + 24)?;
-            (l3 + 40, u16::from_be(plen) as u32, p)
+            saddr = h.saddr;
+            daddr = h.daddr;
+            (l3 + 40, u16::from_be_bytes(h.payload_len) as u32, h.next)
         } else {
             return Some(L4::Other);
         };
         match next {
             IPPROTO_TCP => {
-                let ports: [u16; 2] = b.read(l4)?;
-                let seq: u32 = b.read(l4 + 4)?;
-                let doff: u8 = b.read(l4 + 12)?;
-                let hdr = ((doff >> 4) as u32) * 4;
+                let t: TcpHeadStart = b.read(l4)?;
+                let hdr = ((t.doff >> 4) as u32) * 4;
                 Some(L4::Tcp(Range {
                     saddr,
                     daddr,
-                    sport: u16::from_be(ports[0]),
-                    dport: u16::from_be(ports[1]),
-                    seq: u32::from_be(seq),
+                    sport: u16::from_be_bytes(t.sport),
+                    dport: u16::from_be_bytes(t.dport),
+                    seq: u32::from_be_bytes(t.seq),
                     len: l4_len.saturating_sub(hdr),
                 }))
             }
             IPPROTO_UDP => {
-                let ports: [u16; 2] = b.read(l4)?;
+                let ports: [[u8; 2]; 2] = b.read(l4)?;
                 Some(L4::Udp(Range {
                     saddr,
                     daddr,
-                    sport: u16::from_be(ports[0]),
-                    dport: u16::from_be(ports[1]),
+                    sport: u16::from_be_bytes(ports[0]),
+                    dport: u16::from_be_bytes(ports[1]),
                     seq: 0,
                     len: l4_len.saturating_sub(8),
                 }))
@@ -561,6 +604,9 @@ mod programs {
             return 1;
         }
         let Some(o) = offsets() else { return 1 };
+        if sock_ports_match(tp, o).is_none() {
+            return 1;
+        }
         let Some(netns) = sock_netns(tp, o) else {
             return 1;
         };
@@ -588,6 +634,26 @@ mod programs {
         emit_range(Layer::TcpSend, &r, tcp_ts, 0, netns, flags);
         emit_range(Layer::IpSend, &r, now, 0, netns, flags);
         1
+    }
+
+    /// Whether the socket's ports pass the port filter. Checked first by every socket-keyed
+    /// program: they fire for every socket on the host, and most are not ours. `skc_dport` and
+    /// `skc_num` sit side by side (`skc_portpair`), so one read fetches both.
+    #[inline(always)]
+    fn sock_ports_match(sk: u64, o: &KernelOffsets) -> Option<()> {
+        let cfg = config()?;
+        if cfg.port_count == 0 {
+            return Some(());
+        }
+        let (lport, rport) = if o.sk_num == o.sk_dport + 2 {
+            let pair: [[u8; 2]; 2] = read_k(sk, o.sk_dport)?;
+            (u16::from_ne_bytes(pair[1]), u16::from_be_bytes(pair[0]))
+        } else {
+            let l: u16 = read_k(sk, o.sk_num)?;
+            let r: u16 = read_k(sk, o.sk_dport)?;
+            (l, u16::from_be(r))
+        };
+        port_match(cfg, lport, rport).then_some(())
     }
 
     /// The socket's network namespace inode, if it is one this observer records.
@@ -637,6 +703,9 @@ mod programs {
             return 1;
         }
         let Some(o) = offsets() else { return 1 };
+        if sock_ports_match(tp, o).is_none() {
+            return 1;
+        }
         let Some(netns) = sock_netns(tp, o) else {
             return 1;
         };
@@ -703,6 +772,7 @@ mod programs {
     #[inline(always)]
     fn try_tcp_recv(sk: u64, skb: u64, ts: u64) -> Option<()> {
         let o = offsets()?;
+        sock_ports_match(sk, o)?;
         let netns = sock_netns(sk, o)?;
         let head: u64 = read_k(skb, o.skb_head)?;
         let nh: u16 = read_k(skb, o.skb_network_header)?;
@@ -780,7 +850,15 @@ mod programs {
         let id: u64 = ctx.arg(1);
         if id == SYS_WRITE || id == SYS_WRITEV || id == SYS_SENDTO || id == SYS_SENDMSG {
             let t = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-            let _ = LP_SEND_ENTRY.insert(t, clock_ns(), 0);
+            let now = clock_ns();
+            // In place when the thread has a slot: an LRU insert allocates and relinks a node,
+            // several times the cost of a store, and this runs on every write on the host.
+            match LP_SEND_ENTRY.get_ptr_mut(t) {
+                Some(slot) => unsafe { *slot = now },
+                None => {
+                    let _ = LP_SEND_ENTRY.insert(t, now, 0);
+                }
+            }
         }
         0
     }
@@ -798,12 +876,17 @@ mod programs {
         let now = clock_ns();
         let t = aya_ebpf::helpers::bpf_get_current_pid_tgid();
         // The syscall may have blocked for buffer space: the bytes were handed over at entry.
-        let entry = unsafe { LP_SEND_ENTRY.get(t) }.copied();
-        let _ = LP_SEND_ENTRY.remove(t);
+        // The stamp is consumed (zeroed in place, cheaper than a delete) so that a send that did
+        // not enter through a stamped syscall (sendfile, io_uring) never inherits a stale one.
+        let entry = match LP_SEND_ENTRY.get_ptr_mut(t) {
+            Some(slot) => unsafe { core::mem::replace(&mut *slot, 0) },
+            None => 0,
+        };
         if ret <= 0 {
             return None;
         }
         let o = offsets()?;
+        sock_ports_match(sk, o)?;
         let netns = sock_netns(sk, o)?;
         let (local, lport, remote, rport) = sock_endpoints(sk, o)?;
         let write_seq: u32 = read_k(sk, o.tp_write_seq)?;
@@ -816,9 +899,10 @@ mod programs {
             seq: write_seq.wrapping_sub(len),
             len,
         };
-        let ts = match entry {
-            Some(e) if e <= now => e,
-            _ => now,
+        let ts = if entry != 0 && entry <= now {
+            entry
+        } else {
+            now
         };
         emit_range(Layer::SockSend, &r, ts, 0, netns, 0);
         Some(())
@@ -837,13 +921,18 @@ mod programs {
     fn try_sock_queue(sk: u64) -> Option<()> {
         let ts = clock_ns();
         let o = offsets()?;
+        sock_ports_match(sk, o)?;
         let netns = sock_netns(sk, o)?;
         let (local, lport, remote, rport) = sock_endpoints(sk, o)?;
         let nxt: u32 = read_k(sk, o.tp_rcv_nxt)?;
         // The bytes newly queued since the last wake-up are [previous rcv_nxt, rcv_nxt).
-        let prev = unsafe { LP_RCV_TAIL.get(sk) }.copied();
-        let _ = LP_RCV_TAIL.insert(sk, nxt, 0);
-        let prev = prev?;
+        let prev = match LP_RCV_TAIL.get_ptr_mut(sk) {
+            Some(slot) => unsafe { core::mem::replace(&mut *slot, nxt) },
+            None => {
+                let _ = LP_RCV_TAIL.insert(sk, nxt, 0);
+                return None;
+            }
+        };
         let len = nxt.wrapping_sub(prev);
         if len == 0 || len > (1 << 30) {
             return None;
@@ -879,6 +968,7 @@ mod programs {
     fn try_sock_recv(sk: u64, len: u32) -> Option<()> {
         let ts = clock_ns();
         let o = offsets()?;
+        sock_ports_match(sk, o)?;
         let netns = sock_netns(sk, o)?;
         let (local, lport, remote, rport) = sock_endpoints(sk, o)?;
         let copied: u32 = read_k(sk, o.tp_copied_seq)?;

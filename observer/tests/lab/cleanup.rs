@@ -157,6 +157,21 @@ fn cleanup_removes_a_pinned_leftover_and_is_idempotent() {
         "the pin keeps the link"
     );
 
+    // A live observer's XDP attachment is not a leftover: cleanup must leave it alone.
+    let live = Observer::start(
+        METAL1,
+        &[
+            "--interfaces",
+            "mgmt0",
+            "--layers",
+            "dev_recv",
+            "--xdp-mode",
+            "generic",
+        ],
+    );
+    let live_progs = programs_of(live.pid());
+    assert!(!live_progs.is_empty(), "the live observer loaded programs");
+
     let bin = observer_bin();
     let o = ns.run(&[bin.to_str().unwrap(), "cleanup", "--json"]);
     assert!(
@@ -169,6 +184,18 @@ fn cleanup_removes_a_pinned_leftover_and_is_idempotent() {
         r["unpinned"],
         serde_json::json!(["/sys/fs/bpf/lp_leftover"])
     );
+    assert_eq!(r["errors"], serde_json::json!([]), "cleanup errors");
+    assert_eq!(
+        r["xdp_detached"],
+        serde_json::json!([]),
+        "a live attachment was detached"
+    );
+    assert_eq!(
+        programs_of(live.pid()),
+        live_progs,
+        "the live observer kept its programs"
+    );
+    drop(live);
     assert!(
         wait_gone(&ours).is_empty(),
         "the leftover's program is gone"

@@ -3,11 +3,18 @@
 #   1. TCP bulk throughput with observers vs none, over the wan relay (metal1 -> metal2) and over
 #      a direct veth (metal1 -> its container ct1), default sampling (64 KiB, port filter);
 #   2. 64-byte UDP flood pps (metal1 -> ct1) with every packet recorded (--sample-udp) vs none,
-#      with the observer's CPU % and records drained per second.
+#      with the observer's CPU % and records drained per second;
+#   3. the kernel time of each observer program (kernel.bpf_stats_enabled) during a TCP bulk
+#      round: runs/s, ns per run and share of one core. Unlike throughput this does not depend on
+#      how busy the machine is, so it compares builds reliably (OBS_BASELINE=path/to/observer
+#      adds a column for another build, measured in the same run).
 # Rounds alternate with/without so machine noise hits both alike; medians are reported.
-# Usage: bench/observer/run.sh [ROUNDS]   (prints a markdown table for BENCHMARKS.md)
+# Usage: bench/observer/run.sh [ROUNDS]   (prints markdown tables for BENCHMARKS.md)
+#   PARTS=tcp,udp,cost (default all) picks the parts; OBS_BASELINE adds a baseline build to "cost".
 set -euo pipefail
 ROUNDS=${1:-5}
+PARTS=${PARTS:-tcp,udp,cost}
+part() { [[ ",$PARTS," == *",$1,"* ]]; }
 ART=${LATPLAN_ARTIFACTS:-$(cd "$(dirname "$0")/../.." && pwd)/target/x86_64-unknown-linux-musl/release}
 OBS=$ART/observer
 LT=${LAB_TRAFFIC:-/var/lib/latplan-ci/lab/bin/lab-traffic}
@@ -42,6 +49,7 @@ tcp_round() { # SRC_NS DST_NS DST_IP -> bytes/s
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+if part tcp; then
 echo "| benchmark | without | with observer | ratio |"
 echo "|---|---|---|---|"
 # wan: observers on both metals; direct veth: metal1's observer covers its container ct1.
@@ -63,6 +71,7 @@ for path in wan veth; do
   n=$(median <"$TMP/none"); o=$(median <"$TMP/obs")
   awk -v p="$path" -v r="$ROUNDS" -v n="$n" -v o="$o" 'BEGIN { printf "| TCP bulk %s, MB/s (median of %s) | %.1f | %.1f | %.3f |\n", p, r, n/1e6, o/1e6, o/n }'
 done
+fi
 
 # UDP flood: 64-byte datagrams metal1 -> ct1 over the direct veth, every packet recorded at
 # dev_send; once with every layer attached (sock_send's syscall hook then runs per datagram too),
@@ -89,5 +98,48 @@ flood() { # LABEL OBSERVER-ARGS...
     printf "| observer CPU %% of one core at that flood (busiest second) | | %.1f | |\n", c
     printf "| records drained and shipped per second at that flood | | %.0f | |\n", d }'
 }
+if part udp; then
 flood "all layers"
 flood "interface layers only" --layers dev_send,dev_xmit,dev_recv
+fi
+
+# Kernel time per program: bpf_stats counts every run of every program (ours filter most packets
+# out early), so this is what the observer costs the host, flow or not.
+prog_costs() { # OBSERVER -> "name runs_per_s ns_per_run" lines
+  local obs=$1 old; old=$(sysctl -n kernel.bpf_stats_enabled)
+  sysctl -qw kernel.bpf_stats_enabled=1
+  OBS=$obs start_obs lp-metal1 k --interfaces veth-ct1 --containers lp-ct1 --ports 5201
+  local pid; pid=$(cat "$TMP/k.pid")
+  local t0; t0=$(date +%s%N)
+  tcp_round lp-metal1 lp-ct1 10.77.1.6 >/dev/null
+  local secs; secs=$(( ($(date +%s%N) - t0) / 1000000 ))
+  bpftool prog show -j | jq -r --argjson ms "$secs" '.[] | select(.name|startswith("lp_")) | select((.run_cnt // 0) > 0)
+    | "\(.name) \(.run_cnt * 1000 / $ms | floor) \(.run_time_ns / .run_cnt | floor)"' | sort
+  stop_obs k
+  sysctl -qw kernel.bpf_stats_enabled="$old"
+  [ -n "$pid" ]
+}
+part cost || exit 0
+echo
+if [ -n "${OBS_BASELINE:-}" ]; then
+  echo "| program | runs/s | ns/run (this build) | ns/run ($OBS_BASELINE) | ratio |"
+  echo "|---|---|---|---|---|"
+else
+  echo "| program | runs/s | ns/run | % of one core |"
+  echo "|---|---|---|---|"
+fi
+: >"$TMP/cost.new"; : >"$TMP/cost.old"
+for _ in $(seq "$ROUNDS"); do
+  prog_costs "$OBS" >>"$TMP/cost.new"
+  [ -z "${OBS_BASELINE:-}" ] || prog_costs "$OBS_BASELINE" >>"$TMP/cost.old"
+done
+for name in $(cut -d' ' -f1 "$TMP/cost.new" | sort -u); do
+  rps=$(awk -v n="$name" '$1==n {print $2}' "$TMP/cost.new" | median)
+  ns=$(awk -v n="$name" '$1==n {print $3}' "$TMP/cost.new" | median)
+  if [ -n "${OBS_BASELINE:-}" ]; then
+    base=$(awk -v n="$name" '$1==n {print $3}' "$TMP/cost.old" | median)
+    awk -v n="$name" -v r="$rps" -v a="$ns" -v b="$base" 'BEGIN { printf "| %s | %d | %d | %s | %s |\n", n, r, a, b, (b > 0 ? sprintf("%.2f", a / b) : "") }'
+  else
+    awk -v n="$name" -v r="$rps" -v a="$ns" 'BEGIN { printf "| %s | %d | %d | %.2f |\n", n, r, a, r * a / 1e7 }'
+  fi
+done

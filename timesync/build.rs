@@ -3,7 +3,11 @@
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
-    let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../observer-ebpf");
+    // Read at run time, not with env!(): worktrees sharing one target dir share this compiled
+    // build script (cargo hashes workspace members by relative path), and a compiled-in path
+    // would build another worktree's eBPF sources.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root_dir = &format!("{manifest}/../observer-ebpf");
     aya_build::build_ebpf(
         [Package {
             name: "observer-ebpf",

@@ -1,6 +1,7 @@
 //! The interface programs driven with crafted packets through BPF_PROG_TEST_RUN (needs root, no
-//! network): the ingress (XDP) and egress (TC) programs pick exactly the sample points the
-//! sampling arithmetic says, the same ones, around sampling boundaries and across sequence wrap.
+//! network): the ingress programs (XDP, and TCX ingress where XDP is unwanted) and the egress
+//! program (TC) pick exactly the sample points the sampling arithmetic says, the same ones, around
+//! sampling boundaries, across sequence wrap, and under the per-flow rate limit.
 use aya::maps::RingBuf;
 use latplan_common::Layer;
 use latplan_common::kernel::{
@@ -142,15 +143,20 @@ struct Harness {
     ring: RingBuf<aya::maps::MapData>,
     xdp_fd: i32,
     tc_fd: i32,
+    tc_recv_fd: i32,
 }
 
 impl Harness {
     fn new(ports: &[u16]) -> Harness {
+        Harness::with(settings(ports))
+    }
+
+    fn with(settings: KernelSettings) -> Harness {
         require_root();
         let btf = Btf::from_sys_fs().unwrap();
-        let mut ebpf = loader::load(&btf, &settings(ports)).unwrap();
+        let mut ebpf = loader::load(&btf, &settings).unwrap();
         loader::register_interface(&mut ebpf, 1, 0).unwrap();
-        for name in ["lp_xdp_dev_recv", "lp_tc_dev_send"] {
+        for name in ["lp_xdp_dev_recv", "lp_tc_dev_send", "lp_tc_dev_recv"] {
             let p = ebpf.program_mut(name).unwrap();
             match p {
                 aya::programs::Program::Xdp(x) => x.load().unwrap(),
@@ -164,17 +170,31 @@ impl Harness {
         };
         let xdp_fd = fd(&ebpf, "lp_xdp_dev_recv");
         let tc_fd = fd(&ebpf, "lp_tc_dev_send");
+        let tc_recv_fd = fd(&ebpf, "lp_tc_dev_recv");
         let ring = RingBuf::try_from(ebpf.take_map("LP_EVENTS").unwrap()).unwrap();
         Harness {
             ebpf,
             ring,
             xdp_fd,
             tc_fd,
+            tc_recv_fd,
         }
     }
 
-    /// Feeds the packet to XDP (ingress on lo) and TC; returns the events each emitted.
+    /// Feeds the packet to both ingress programs and to TC egress; returns the ingress events
+    /// (after checking that XDP and TCX ingress emitted the same ones) and the egress events.
+    /// Without a rate limit; with one, each program keeps its own per-flow state.
     fn both(&mut self, pkt: &[u8]) -> (Vec<SampleEvent>, Vec<SampleEvent>) {
+        let (rx, tx) = self.xdp_and_tc(pkt);
+        // __sk_buff.ifindex is taken from the device the test run uses (lo, 1).
+        assert_eq!(test_run(self.tc_recv_fd, pkt, None), 3, "TC_ACT_PIPE");
+        let rx_tc = self.drain();
+        assert_eq!(seqs(&rx_tc), seqs(&rx), "TCX ingress and XDP disagree");
+        assert!(rx_tc.iter().all(|e| e.layer == Layer::DevRecv as u8));
+        (rx, tx)
+    }
+
+    fn xdp_and_tc(&mut self, pkt: &[u8]) -> (Vec<SampleEvent>, Vec<SampleEvent>) {
         // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
         let mut md = [0u8; 24];
         md[4..8].copy_from_slice(&(pkt.len() as u32).to_ne_bytes());
@@ -264,10 +284,43 @@ fn the_port_filter_drops_other_flows_and_keeps_either_direction() {
     assert_eq!((rx.len(), tx.len()), (1, 1));
     let (rx, tx) = h.both(&tcp_packet(0, 100, 40000, 80));
     assert_eq!((rx.len(), tx.len()), (0, 0));
-    // Counters saw the matching packets only.
+    // Counters saw the matching packets only (each twice at dev_recv: XDP and TCX ingress).
     let c = loader::layer_counters(&h.ebpf).unwrap();
     let dev_recv = c.iter().find(|(l, _)| *l == Layer::DevRecv).unwrap().1;
-    assert_eq!((dev_recv.seen, dev_recv.sampled), (2, 2));
+    assert_eq!((dev_recv.seen, dev_recv.sampled), (4, 4));
     let ifc = loader::iface_counters(&h.ebpf, 0).unwrap();
-    assert_eq!(ifc.rx_packets, 3);
+    assert_eq!((ifc.rx_packets, ifc.tx_packets), (6, 3));
+}
+
+#[test]
+fn the_rate_limit_keeps_the_same_nested_points_at_every_layer() {
+    // 50 ms between kept points per flow and layer. Level rises by one per point that comes
+    // sooner, falls by one per point that comes more than 4x later; at level l a point is kept
+    // when its index (seq / size) has l trailing zero bits.
+    let mut s = settings(&[]);
+    s.sampling.min_interval_ns = 50_000_000;
+    let mut h = Harness::with(s);
+    let mut kept_rx = Vec::new();
+    let mut kept_tx = Vec::new();
+    let mut feed = |h: &mut Harness, index: u32| {
+        // XDP and TCX ingress share dev_recv's rate state (only one is ever attached), so only
+        // one of them runs here.
+        let (rx, tx) = h.xdp_and_tc(&tcp_packet(index * SIZE as u32, 1, 40000, 5201));
+        kept_rx.extend(rx.iter().map(|e| e.seq / SIZE as u32));
+        kept_tx.extend(tx.iter().map(|e| e.seq / SIZE as u32));
+    };
+    // Back to back: the first point is kept, the level climbs to 7 and keeps nothing else.
+    for index in 0..8 {
+        feed(&mut h, index);
+    }
+    // Slow: the level falls 6, 5, 4, 3, 2, 1, 0, 0; kept where index % 2^level == 0.
+    for index in 8..16 {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        feed(&mut h, index);
+    }
+    assert_eq!(kept_rx, [0, 12, 14, 15], "ingress kept points");
+    assert_eq!(kept_tx, kept_rx, "egress kept the same points");
+    let c = loader::layer_counters(&h.ebpf).unwrap();
+    let dev_send = c.iter().find(|(l, _)| *l == Layer::DevSend).unwrap().1;
+    assert_eq!((dev_send.sampled, dev_send.rate_limited), (16, 12));
 }

@@ -6,5 +6,6 @@ mod support;
 
 mod bulk;
 mod cleanup;
+mod containers;
 mod delays;
 mod ping;

@@ -11,7 +11,9 @@
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        bindings::{BPF_RB_NO_WAKEUP, TC_ACT_PIPE, xdp_action},
+        bindings::{
+            BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_PIPE, xdp_action,
+        },
         helpers::{bpf_get_smp_processor_id, bpf_probe_read_kernel, bpf_skc_to_tcp_sock},
         macros::{cgroup_skb, classifier, map, raw_tracepoint, xdp},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -57,6 +59,20 @@ mod programs {
     /// Per-flow rate-limit state (see `RateState`).
     #[map]
     static LP_RATE: LruHashMap<RateKey, RateState> = LruHashMap::with_max_entries(16384, 0);
+
+    /// Unread bytes in the ring above which a record wakes the reader (a quarter of the ring).
+    /// Below it no record wakes anyone and the reader drains on its timer (cheap in the steady
+    /// state); above it the reader is late, and waking it early is cheaper than losing records.
+    const RING_WAKE_BYTES: u64 = 1 << 20;
+
+    #[inline(always)]
+    fn ring_flags() -> u64 {
+        if LP_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= RING_WAKE_BYTES {
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            BPF_RB_NO_WAKEUP as u64
+        }
+    }
 
     // ---- the flow and its byte range ----
 
@@ -159,6 +175,7 @@ mod programs {
             total as u32
         };
         let keep_mask = rate_mask(cfg, g, layer, r, ts);
+        let wake = ring_flags();
         let mut ev = SampleEvent {
             ts_ns: ts,
             saddr: r.saddr,
@@ -188,10 +205,7 @@ mod programs {
                 } else {
                     flags
                 };
-                if LP_EVENTS
-                    .output::<SampleEvent>(&ev, BPF_RB_NO_WAKEUP as u64)
-                    .is_err()
-                {
+                if LP_EVENTS.output::<SampleEvent>(&ev, wake).is_err() {
                     c.ringbuf_full += 1;
                 }
             }
@@ -481,6 +495,7 @@ mod programs {
     #[inline(always)]
     fn emit_udp(layer: Layer, r: &Range, ts: u64, ifindex: u32, netns: u32) {
         let Some(c) = counters(layer) else { return };
+        let wake = ring_flags();
         c.seen += 1;
         c.sampled += 1;
         let ev = SampleEvent {
@@ -497,10 +512,7 @@ mod programs {
             layer: layer as u8,
             flags: 0,
         };
-        if LP_EVENTS
-            .output::<SampleEvent>(&ev, BPF_RB_NO_WAKEUP as u64)
-            .is_err()
-        {
+        if LP_EVENTS.output::<SampleEvent>(&ev, wake).is_err() {
             c.ringbuf_full += 1;
         }
     }

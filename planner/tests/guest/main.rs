@@ -112,6 +112,21 @@ impl GuestSsh {
         c
     }
 
+    /// Copies a local file to `remote` in the guest (executable).
+    fn push(&self, local: &Path, remote: &str) {
+        let o = self
+            .command(&format!("cat > {remote} && chmod 755 {remote}"))
+            .stdin(std::fs::File::open(local).expect("open the file to push"))
+            .output()
+            .expect("run ssh");
+        assert!(
+            o.status.success(),
+            "push {} to the guest: {}",
+            local.display(),
+            text(&o)
+        );
+    }
+
     fn run_output(&self, script: &str) -> Output {
         self.command(script).output().expect("run ssh")
     }
@@ -146,20 +161,38 @@ fn monotonic_ns() -> i64 {
 }
 
 /// The manager-minus-guest CLOCK_MONOTONIC difference, read independently of timesync: the guest's
-/// clock (`now at N nsecs` of /proc/timer_list is ktime_get(), CLOCK_MONOTONIC) read over SSH
-/// between two readings of the manager's. The guest read happened between them, so the difference
-/// lies within ±half that round trip of the midpoint; the round trip with the smallest window of
-/// `tries` is used. Returns (guest_ns, manager_minus_guest_ns, half_window_ns).
+/// clock (`now at N nsecs` of /proc/timer_list is ktime_get(), CLOCK_MONOTONIC) read by a shell
+/// already running in the guest (dash's builtin `read`: no process to start under emulation),
+/// asked over SSH between two readings of the manager's. The guest read happened between them, so
+/// the difference lies within ±half that round trip of the midpoint; the narrowest of `tries` round
+/// trips is used. Returns (guest_ns, manager_minus_guest_ns, half_window_ns).
 fn independent_offset(ssh: &GuestSsh, tries: usize) -> (i64, f64, f64) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut shell = ssh
+        .command("exec sh")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a shell in the guest");
+    let mut input = shell.stdin.take().unwrap();
+    let mut output = BufReader::new(shell.stdout.take().unwrap());
     let mut best: Option<(i64, f64, f64)> = None;
     for _ in 0..tries {
         let t1 = monotonic_ns();
-        let out = ssh.run("head -n 3 /proc/timer_list");
+        input
+            .write_all(b"{ read -r a; read -r b; read -r c; } </proc/timer_list; echo \"$c\"\n")
+            .and_then(|_| input.flush())
+            .expect("write to the guest's shell");
+        let mut line = String::new();
+        output.read_line(&mut line).expect("read the guest's shell");
         let t2 = monotonic_ns();
-        let g: i64 = out
-            .lines()
-            .find_map(|l| l.strip_prefix("now at ")?.strip_suffix(" nsecs"))
-            .unwrap_or_else(|| panic!("no `now at` line in the guest's /proc/timer_list: {out}"))
+        let g: i64 = line
+            .trim()
+            .strip_prefix("now at ")
+            .and_then(|l| l.strip_suffix(" nsecs"))
+            .unwrap_or_else(|| {
+                panic!("not a `now at` line from the guest's /proc/timer_list: {line:?}")
+            })
             .parse()
             .unwrap();
         let half = (t2 - t1) as f64 / 2.0;
@@ -168,15 +201,25 @@ fn independent_offset(ssh: &GuestSsh, tries: usize) -> (i64, f64, f64) {
             best = Some((g, mid, half));
         }
     }
+    drop(input);
+    let _ = shell.wait();
     best.unwrap()
 }
 
-/// Traffic both ways on the sampled port 5201: the metal sends to the guest (busybox nc receives)
-/// and the guest sends to the metal (lab-traffic receives), paced so the tcg guest keeps up.
+/// Traffic both ways on the sampled port 5201, lab-traffic at both ends: the metal sends to the
+/// guest and the guest to the metal (the static build from the artifacts directory is copied into
+/// the guest's /tmp), paced so the tcg guest keeps up. The guest's processes end with the guest.
 struct Traffic(Vec<Child>);
 
 impl Traffic {
     fn start(ssh: &GuestSsh, seconds: u32) -> Traffic {
+        let local = testlab::artifacts_dir().join("lab-traffic");
+        assert!(
+            local.exists(),
+            "{} is missing: cargo build --release --target x86_64-unknown-linux-musl -p labtools",
+            local.display()
+        );
+        ssh.push(&local, "/tmp/lab-traffic");
         let bin = guest_lab_dir().join("bin/lab-traffic");
         let bin = bin.to_str().unwrap();
         let listen = format!("{METAL_TAP_ADDR}:5201");
@@ -184,12 +227,10 @@ impl Traffic {
             .stdout(Stdio::null())
             .spawn()
             .expect("start the metal's receiver");
-        // 128 KiB every 100 ms from the guest; the loop ends on its own after `seconds`.
-        let rounds = seconds * 10;
         ssh.run(&format!(
-            "setsid nc -l -p 5201 >/dev/null 2>&1 </dev/null & \
-             setsid sh -c 'sleep 1; i=0; while [ $i -lt {rounds} ]; do dd if=/dev/zero bs=8k count=16 2>/dev/null; \
-             sleep 0.1; i=$((i+1)); done | nc {METAL_TAP_ADDR} 5201' >/dev/null 2>&1 </dev/null & echo started"
+            "setsid /tmp/lab-traffic tcp-recv --listen {GUEST_ADDR}:5201 >/dev/null 2>/tmp/recv.err </dev/null & \
+             setsid /tmp/lab-traffic tcp-send --connect {listen} --duration {seconds}s --rate 256K \
+               --connect-timeout 20s >/dev/null 2>/tmp/send.err </dev/null & echo started"
         ));
         let dur = format!("{seconds}s");
         let connect = format!("{GUEST_ADDR}:5201");
@@ -204,10 +245,11 @@ impl Traffic {
                 &dur,
                 "--rate",
                 "1M",
+                "--connect-timeout",
+                "20s",
             ],
         )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("start the metal's sender");
         Traffic(vec![send, recv])
@@ -350,7 +392,7 @@ fn a_session_on_a_real_guest_syncs_its_clock_and_measures_the_vm_hop() {
         "60s",
     ]);
     // Read right after the session, while its last fit is fresh.
-    let (guest_ns, indep, indep_half) = independent_offset(&ssh, 15);
+    let (guest_ns, indep, indep_half) = independent_offset(&ssh, 50);
     drop(traffic);
     let out = text(&run);
     assert!(run.status.success(), "apply failed: {out}");

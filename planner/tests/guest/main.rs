@@ -230,7 +230,7 @@ impl Traffic {
         ssh.run(&format!(
             "setsid /tmp/lab-traffic tcp-recv --listen {GUEST_ADDR}:5201 >/dev/null 2>/tmp/recv.err </dev/null & \
              setsid /tmp/lab-traffic tcp-send --connect {listen} --duration {seconds}s --rate 256K \
-               --connect-timeout 20s >/dev/null 2>/tmp/send.err </dev/null & echo started"
+               --connect-timeout 180s >/dev/null 2>/tmp/send.err </dev/null & echo started"
         ));
         let dur = format!("{seconds}s");
         let connect = format!("{GUEST_ADDR}:5201");
@@ -246,7 +246,7 @@ impl Traffic {
                 "--rate",
                 "1M",
                 "--connect-timeout",
-                "20s",
+                "180s",
             ],
         )
         .stdout(Stdio::null())
@@ -262,6 +262,29 @@ impl Drop for Traffic {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Waits until both flows (metal → guest and guest → metal, port 5201) are established, as the
+/// metal's sockets show: on a loaded machine a tcg guest can take many seconds to start a process.
+fn wait_for_both_flows(limit: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let o = testlab::ns_exec(METAL_NS, &["ss", "-Htn", "state", "established"]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let to_guest = text.contains(&format!("{GUEST_ADDR}:5201"));
+        let from_guest = text.contains(&format!("{METAL_TAP_ADDR}:5201"));
+        if to_guest && from_guest {
+            // A moment for both senders to reach their pace before the session starts.
+            std::thread::sleep(Duration::from_secs(2));
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "traffic between the metal and the guest did not start within {limit:?} \
+             (metal → guest {to_guest}, guest → metal {from_guest}): {text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -377,8 +400,9 @@ fn a_session_on_a_real_guest_syncs_its_clock_and_measures_the_vm_hop() {
     let check = latplan(&["check", inv]);
     assert!(check.status.success(), "latplan check: {}", text(&check));
 
-    let traffic = Traffic::start(&ssh, 45);
-    std::thread::sleep(Duration::from_secs(2));
+    // Long enough to outlast the wait below and the whole session; dropped (killed) after it.
+    let traffic = Traffic::start(&ssh, 300);
+    wait_for_both_flows(Duration::from_secs(180));
     let run = latplan(&[
         "apply",
         inv,

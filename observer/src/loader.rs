@@ -195,9 +195,21 @@ pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: &str) -> Result<String> {
     }
 }
 
+/// Whether an XDP attach failed because another program holds the interface: EBUSY when that one
+/// was attached through netlink, EEXIST when through a BPF link (as timesync's reflector does on a
+/// real NIC, e.g. a guest's virtio-net, where "auto" tries XDP first).
 fn is_busy(e: &aya::programs::ProgramError) -> bool {
     let text = format!("{e:?}");
-    text.contains("Resource busy") || text.contains("EBUSY") || text.contains("code: 16")
+    [
+        "Resource busy",
+        "EBUSY",
+        "code: 16",
+        "File exists",
+        "EEXIST",
+        "code: 17",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
 }
 
 /// Attaches dev_send (TCX egress) to an interface.

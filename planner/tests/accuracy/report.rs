@@ -81,8 +81,8 @@ impl Segment {
             .unwrap_or_else(|| panic!("segment {} has no CDF", self.name))
     }
 
-    /// Interquartile range: how much single values of this segment spread.
-    pub fn iqr(&self) -> i64 {
-        self.quantile(0.75) - self.quantile(0.25)
+    /// Inter-decile range (p10..p90): how much single values of this segment spread.
+    pub fn spread(&self) -> i64 {
+        self.quantile(0.9) - self.quantile(0.1)
     }
 }

@@ -232,30 +232,37 @@ fn slow_readers_and_bulk_writers_wait_where_element_found() {
         send: &["--write-size", "256K"],
         recv: &["--rcvbuf", "128K"],
     };
-    // A slow reader: 1 MB/s out of a 256 KiB receive buffer (a few hundred ms of queue), while
-    // a small send buffer keeps the sender's own wait to tens of ms: bytes wait in the
-    // receiver's queue. (With a 1 MiB buffer the wait grew past a second and, in an 8 s
-    // session, too few sampled bytes were both queued and read while observed.)
-    let slow = Flow {
-        from_netns: "lp-vm1",
-        to_netns: "lp-metal1",
-        to: "10.77.1.1:5203",
-        send: &["--write-size", "4K", "--sndbuf", "16K"],
-        recv: &["--read-rate", "1M", "--rcvbuf", "256K"],
-    };
     lab.relay("wan", Dir::Both, 5 * MS as u64);
-    let s = lab.session(&SessionSpec {
-        name: "where-it-waits",
-        flows: &[bulk, slow],
+    let writer = lab.session(&SessionSpec {
+        name: "bulk-writer",
+        flows: &[bulk],
         sample_size: 8192,
-        duration: "10s",
+        duration: "8s",
         capture_wan: false,
         vm1_on_metal1_clock: false,
     });
     lab.relay("wan", Dir::Both, 0);
-    for (src, dst, expect) in [
-        ("ct1", "vm2", "ct1:sock_send→tcp_send"),
-        ("vm1", "metal1", "metal1:sock_queue→sock_recv"),
+    // A slow reader: 2 MB/s, as in the observer's own test (observer/tests/lab/delays.rs), while
+    // a 16 KiB send buffer keeps the sender's own wait to a few ms: bytes wait in the receiver's
+    // queue.
+    let slow = Flow {
+        from_netns: "lp-metal1",
+        to_netns: "lp-metal2",
+        to: "10.78.0.2:5203",
+        send: &["--write-size", "4K", "--sndbuf", "16K"],
+        recv: &["--read-rate", "2M"],
+    };
+    let reader = lab.session(&SessionSpec {
+        name: "slow-reader",
+        flows: &[slow],
+        sample_size: 8192,
+        duration: "8s",
+        capture_wan: false,
+        vm1_on_metal1_clock: false,
+    });
+    for (s, src, dst, expect) in [
+        (&writer, "ct1", "vm2", "ct1:sock_send→tcp_send"),
+        (&reader, "metal1", "metal2", "metal2:sock_queue→sock_recv"),
     ] {
         let p = s.report.pair(src, dst);
         print_pair(&s.name, p);
@@ -284,7 +291,7 @@ fn slow_readers_and_bulk_writers_wait_where_element_found() {
                 us(runner_up)
             ),
         );
+        eprintln!("session {} warnings: {:?}", s.name, s.report.warnings);
     }
-    eprintln!("warnings: {:?}", s.report.warnings);
     checks.assert_all();
 }

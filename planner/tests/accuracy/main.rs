@@ -218,13 +218,46 @@ fn delays_land_in_the_segment_that_has_them_and_match_the_captures() {
     checks.assert_all();
 }
 
+/// `expect` is the pair's dominant segment, with at least 20 values and a median at least twice
+/// the next largest (end to end aside).
+fn dominates(checks: &mut Checks, s: &Session, src: &str, dst: &str, expect: &str) {
+    let p = s.report.pair(src, dst);
+    print_pair(&s.name, p);
+    eprintln!("session {} warnings: {:?}", s.name, s.report.warnings);
+    let n = p.segment(expect).latency.count;
+    checks.check(
+        n >= 20,
+        format!("{src}→{dst}: {expect} has {n} values (want ≥ 20)"),
+    );
+    if n == 0 {
+        return;
+    }
+    let top = p.segment(expect).median();
+    let runner_up = p
+        .segments
+        .iter()
+        .filter(|x| x.kind != "e2e" && x.name != expect)
+        .filter_map(|x| x.latency.p50_ns)
+        .max()
+        .unwrap_or(0);
+    checks.check(
+        p.dominant.as_deref() == Some(expect) && top >= 2 * runner_up,
+        format!(
+            "{src}→{dst}: dominant {:?} (want {expect}), its median {} against the next largest {} (want ≥ 2×)",
+            p.dominant,
+            us(top),
+            us(runner_up)
+        ),
+    );
+}
+
 #[test]
-fn slow_readers_and_bulk_writers_wait_where_element_found() {
+fn a_bulk_writer_into_a_slow_path_waits_in_its_socket_buffer() {
     let lab = Lab::take();
     let mut checks = Checks::default();
-    // A bulk writer (256 KiB writes, as fast as it can) into a slow path: 5 ms each way on the
-    // wan and a 128 KiB receive window cap its rate at ~6 MB/s, so written bytes wait in the
-    // sender's socket buffer. Its reader keeps up.
+    // 256 KiB writes as fast as it can into a slow path: 5 ms each way on the wan and a 128 KiB
+    // receive window cap its rate at ~6 MB/s, so written bytes wait in the sender's socket
+    // buffer. Its reader keeps up.
     let bulk = Flow {
         from_netns: "lp-ct1",
         to_netns: "lp-vm2",
@@ -233,7 +266,7 @@ fn slow_readers_and_bulk_writers_wait_where_element_found() {
         recv: &["--rcvbuf", "128K"],
     };
     lab.relay("wan", Dir::Both, 5 * MS as u64);
-    let writer = lab.session(&SessionSpec {
+    let s = lab.session(&SessionSpec {
         name: "bulk-writer",
         flows: &[bulk],
         sample_size: 8192,
@@ -242,8 +275,16 @@ fn slow_readers_and_bulk_writers_wait_where_element_found() {
         vm1_on_metal1_clock: false,
     });
     lab.relay("wan", Dir::Both, 0);
-    // A slow reader: 2 MB/s, as in the observer's own test (observer/tests/lab/delays.rs), while
-    // a 16 KiB send buffer keeps the sender's own wait to a few ms: bytes wait in the receiver's
+    dominates(&mut checks, &s, "ct1", "vm2", "ct1:sock_send→tcp_send");
+    checks.assert_all();
+}
+
+#[test]
+fn a_slow_reader_leaves_bytes_waiting_in_its_receive_queue() {
+    let lab = Lab::take();
+    let mut checks = Checks::default();
+    // A reader at 2 MB/s, as in the observer's own test (observer/tests/lab/delays.rs), while a
+    // 16 KiB send buffer keeps the sender's own wait to a few ms: bytes wait in the receiver's
     // queue.
     let slow = Flow {
         from_netns: "lp-metal1",
@@ -252,7 +293,7 @@ fn slow_readers_and_bulk_writers_wait_where_element_found() {
         send: &["--write-size", "4K", "--sndbuf", "16K"],
         recv: &["--read-rate", "2M"],
     };
-    let reader = lab.session(&SessionSpec {
+    let s = lab.session(&SessionSpec {
         name: "slow-reader",
         flows: &[slow],
         sample_size: 8192,
@@ -260,38 +301,12 @@ fn slow_readers_and_bulk_writers_wait_where_element_found() {
         capture_wan: false,
         vm1_on_metal1_clock: false,
     });
-    for (s, src, dst, expect) in [
-        (&writer, "ct1", "vm2", "ct1:sock_send→tcp_send"),
-        (&reader, "metal1", "metal2", "metal2:sock_queue→sock_recv"),
-    ] {
-        let p = s.report.pair(src, dst);
-        print_pair(&s.name, p);
-        let n = p.segment(expect).latency.count;
-        checks.check(
-            n >= 20,
-            format!("{src}→{dst}: {expect} has {n} values (want ≥ 20)"),
-        );
-        if n == 0 {
-            continue;
-        }
-        let top = p.segment(expect).median();
-        let runner_up = p
-            .segments
-            .iter()
-            .filter(|x| x.kind != "e2e" && x.name != expect)
-            .filter_map(|x| x.latency.p50_ns)
-            .max()
-            .unwrap_or(0);
-        checks.check(
-            p.dominant.as_deref() == Some(expect) && top >= 2 * runner_up,
-            format!(
-                "{src}→{dst}: dominant {:?} (want {expect}), its median {} against the next largest {} (want ≥ 2×)",
-                p.dominant,
-                us(top),
-                us(runner_up)
-            ),
-        );
-        eprintln!("session {} warnings: {:?}", s.name, s.report.warnings);
-    }
+    dominates(
+        &mut checks,
+        &s,
+        "metal1",
+        "metal2",
+        "metal2:sock_queue→sock_recv",
+    );
     checks.assert_all();
 }

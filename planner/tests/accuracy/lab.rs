@@ -1,0 +1,255 @@
+//! The lab as the accuracy tests use it: the lock, a clean slate, a scratch store and inventory,
+//! traffic, relay settings, and real `latplan apply` + `latplan report` runs.
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use labtools::relay::Dir;
+use labtools::testlab::{self, lab_inventory, lock_lab, ns_command, require_lab};
+
+use crate::capture::Captures;
+use crate::report::Report;
+
+pub const LATPLAN: &str = env!("CARGO_BIN_EXE_latplan");
+
+/// Ports every session samples (the lab inventory's list is replaced by this one).
+const PORTS: &str = "[5201, 5202, 5203]";
+
+fn latplan(args: &[&str]) -> Output {
+    Command::new(LATPLAN)
+        .args(args)
+        .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run latplan")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn lab_traffic() -> String {
+    let p = testlab::state_dir().join("lab/bin/lab-traffic");
+    assert!(
+        p.exists(),
+        "{} is missing: ci/lab up installs it",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
+}
+
+/// One TCP flow between two lab namespaces, made by lab-traffic.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub from_netns: &'static str,
+    pub to_netns: &'static str,
+    /// Receiver's listening address, `ip:port`.
+    pub to: &'static str,
+    /// Extra `tcp-send` arguments (pacing, write size, buffers).
+    pub send: &'static [&'static str],
+    /// Extra `tcp-recv` arguments (read rate, receive buffer).
+    pub recv: &'static [&'static str],
+}
+
+/// Running flows; killed when dropped (also when a test fails).
+struct Traffic(Vec<Child>);
+
+impl Traffic {
+    fn start(flows: &[Flow]) -> Traffic {
+        let bin = lab_traffic();
+        let mut t = Traffic(Vec::new());
+        for f in flows {
+            let mut argv = vec![bin.as_str(), "tcp-recv", "--listen", f.to];
+            argv.extend_from_slice(f.recv);
+            t.0.push(
+                ns_command(f.to_netns, &argv)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start a receiver"),
+            );
+        }
+        for f in flows {
+            // Longer than any session: the flow is killed when the session is over.
+            let mut argv = vec![
+                bin.as_str(),
+                "tcp-send",
+                "--connect",
+                f.to,
+                "--duration",
+                "600s",
+            ];
+            argv.extend_from_slice(f.send);
+            t.0.push(
+                // Killed at the end of the session: its complaint about that is noise.
+                ns_command(f.from_netns, &argv)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start a sender"),
+            );
+        }
+        t
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What one session does: its flows, the sampling period, and whether the wan is captured.
+pub struct SessionSpec<'a> {
+    pub name: &'a str,
+    pub flows: &'a [Flow],
+    /// Bytes of sequence space per sample point (a power of two).
+    pub sample_size: u64,
+    pub duration: &'a str,
+    pub capture_wan: bool,
+    /// Declare vm1 in metal1's clock domain instead of its own (see the VM-hop test).
+    pub vm1_on_metal1_clock: bool,
+}
+
+/// A finished session: its report, and the wan captures if asked for.
+pub struct Session {
+    pub name: String,
+    pub report: Report,
+    pub captures: Option<Captures>,
+}
+
+/// The test's hold on the lab: the lab lock, nothing of ours left on the hosts, a scratch
+/// directory with the store, and the relays put back as they were when dropped.
+pub struct Lab {
+    pub store: String,
+    pub dir: tempfile::TempDir,
+    _relays: Vec<testlab::RelayRestore>,
+    _lock: testlab::LabLock,
+}
+
+impl Lab {
+    pub fn take() -> Lab {
+        require_lab();
+        let lock = lock_lab();
+        let inv = lab_inventory();
+        let t = latplan(&["teardown", inv.to_str().unwrap()]);
+        assert!(t.status.success(), "initial teardown: {}", text(&t));
+        let dir = tempfile::tempdir().expect("scratch dir");
+        let store = format!("sqlite://{}", dir.path().join("store.db").display());
+        let relays = ["wan", "vm1"]
+            .into_iter()
+            .map(testlab::RelayRestore::new)
+            .collect();
+        let lab = Lab {
+            store,
+            dir,
+            _relays: relays,
+            _lock: lock,
+        };
+        lab.relay("wan", Dir::Both, 0);
+        lab.relay("vm1", Dir::Both, 0);
+        lab
+    }
+
+    /// Sets a relay's one-way delay (no loss) in one or both directions.
+    pub fn relay(&self, name: &str, dir: Dir, delay_ns: u64) {
+        testlab::relay_set(name, dir, Some(delay_ns), Some(0.0));
+    }
+
+    /// The lab inventory with another sampling period and the test's ports; optionally vm1 in
+    /// metal1's clock domain (true in the lab: every namespace runs on the same kernel).
+    fn inventory(&self, sample_size: u64, vm1_on_metal1_clock: bool) -> PathBuf {
+        assert!(sample_size.is_power_of_two());
+        let src = std::fs::read_to_string(lab_inventory().join("hosts.yaml"))
+            .expect("read the lab inventory");
+        let (size, ports) = ("size: 65536", "ports: [5201]");
+        assert!(
+            src.contains(size) && src.contains(ports),
+            "inventory/lab/hosts.yaml no longer has `{size}` and `{ports}`: update this test"
+        );
+        let mut text = src
+            .replace(size, &format!("size: {sample_size}"))
+            .replace(ports, &format!("ports: {PORTS}"));
+        if vm1_on_metal1_clock {
+            let domain = "clock_domain: vm1";
+            assert!(
+                text.contains(domain),
+                "inventory/lab/hosts.yaml no longer has `{domain}`: update this test"
+            );
+            text = text.replace(domain, "clock_domain: metal1");
+        }
+        let d = self.dir.path().join(format!(
+            "inventory-{sample_size}-{}",
+            if vm1_on_metal1_clock { "vm1m1" } else { "std" }
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("hosts.yaml"), text).unwrap();
+        d
+    }
+
+    /// Runs a real session: traffic (and captures) first, then `latplan apply` for the duration,
+    /// then `latplan report --format json`.
+    pub fn session(&self, spec: &SessionSpec) -> Session {
+        let inv = self.inventory(spec.sample_size, spec.vm1_on_metal1_clock);
+        let captures = spec
+            .capture_wan
+            .then(|| Captures::start(self.dir.path(), spec.name));
+        let traffic = Traffic::start(spec.flows);
+        // The flows connect and settle (slow start, buffers) before the measurement.
+        std::thread::sleep(Duration::from_secs(1));
+        let run = latplan(&[
+            "apply",
+            inv.to_str().unwrap(),
+            "--duration",
+            spec.duration,
+            "--store",
+            &self.store,
+            "--session",
+            spec.name,
+        ]);
+        drop(traffic);
+        let captures = captures.map(Captures::stop);
+        assert!(
+            run.status.success(),
+            "apply of session {} failed: {}",
+            spec.name,
+            text(&run)
+        );
+        Session {
+            name: spec.name.to_string(),
+            report: self.report(spec.name),
+            captures,
+        }
+    }
+
+    fn report(&self, session: &str) -> Report {
+        let o = latplan(&[
+            "report",
+            session,
+            "--store",
+            &self.store,
+            "--format",
+            "json",
+        ]);
+        assert!(o.status.success(), "report {session}: {}", text(&o));
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("report {session} is not the JSON expected: {e}"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let inv = lab_inventory();
+        let t = latplan(&["teardown", inv.to_str().unwrap()]);
+        if !t.status.success() {
+            eprintln!("teardown after the accuracy test failed: {}", text(&t));
+        }
+    }
+}

@@ -53,7 +53,8 @@ timed() {
   local logf=$1 t0 t1
   shift
   t0=$(date +%s.%N)
-  if ! "$@" 2>&1 | stamp "$t0" >"$logf"; then
+  # CPU of the manager side: the command and the children it waited for (Ansible's workers).
+  if ! /usr/bin/time -o "$logf.cpu" -f "%U %S" "$@" 2>&1 | stamp "$t0" >"$logf"; then
     log "failed: $* (see $logf)"
     tail -20 "$logf" >&2
     return 1
@@ -61,6 +62,8 @@ timed() {
   t1=$(date +%s.%N)
   echo "$t0 $t1" | awk '{printf "%.2f", $2 - $1}'
 }
+
+cpu_of() { awk '{printf "%.1f", $1 + $2}' "$1.cpu"; }
 
 median() { tr ' ' '\n' | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
@@ -74,10 +77,10 @@ ansible_run() {
     -e "timesync_sha256=$(sha256sum "$LATPLAN_ARTIFACTS/timesync" | cut -d' ' -f1)"
 }
 
-echo "| hosts | latplan apply | latplan teardown | latplan total | ansible apply | ansible teardown | ansible total | ratio (total) | ratio (without the ${duration} s session) |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| hosts | latplan apply | latplan teardown | latplan total | latplan CPU | ansible apply | ansible teardown | ansible total | ansible CPU | ratio (total) | ratio (without the ${duration} s session) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for n in "${sizes[@]}"; do
-  la=() lt=() aa=() at=()
+  la=() lt=() aa=() at=() lc=() ac=()
   for r in $(seq "$repeat"); do
     lab up "$n"
     inv=$BENCH_DIR/inventory
@@ -87,12 +90,15 @@ for n in "${sizes[@]}"; do
     # Ansible: the same hosts, fresh (its own install dirs), each play one ansible-playbook run.
     aa+=("$(timed "$LOGS/ansible-apply-$n-$r.log" ansible_run "$n" apply.yml)")
     at+=("$(timed "$LOGS/ansible-teardown-$n-$r.log" ansible_run "$n" teardown.yml)")
+    lc+=("$(echo "$(cpu_of "$LOGS/latplan-apply-$n-$r.log") $(cpu_of "$LOGS/latplan-teardown-$n-$r.log")" | awk '{print $1 + $2}')")
+    ac+=("$(echo "$(cpu_of "$LOGS/ansible-apply-$n-$r.log") $(cpu_of "$LOGS/ansible-teardown-$n-$r.log")" | awk '{print $1 + $2}')")
     lab down
   done
   m_la=$(echo "${la[*]}" | median); m_lt=$(echo "${lt[*]}" | median)
   m_aa=$(echo "${aa[*]}" | median); m_at=$(echo "${at[*]}" | median)
-  awk -v n="$n" -v la="$m_la" -v lt="$m_lt" -v aa="$m_aa" -v at="$m_at" -v d="$duration" 'BEGIN {
+  m_lc=$(echo "${lc[*]}" | median); m_ac=$(echo "${ac[*]}" | median)
+  awk -v n="$n" -v la="$m_la" -v lt="$m_lt" -v aa="$m_aa" -v at="$m_at" -v d="$duration" -v lc="$m_lc" -v ac="$m_ac" 'BEGIN {
     lsum = la + lt; asum = aa + at
-    printf "| %d | %.1f s | %.1f s | **%.1f s** | %.1f s | %.1f s | **%.1f s** | %.1f× | %.1f× |\n",
-      n, la, lt, lsum, aa, at, asum, asum / lsum, (asum - d) / (lsum - d) }'
+    printf "| %d | %.1f s | %.1f s | **%.1f s** | %.1f s | %.1f s | %.1f s | **%.1f s** | %.1f s | %.1f× | %.1f× |\n",
+      n, la, lt, lsum, lc, aa, at, asum, ac, asum / lsum, (asum - d) / (lsum - d) }'
 done

@@ -14,8 +14,11 @@ const SEND_SECONDS: &str = "3613s";
 /// An inventory directory: the lab's hosts plus a steps.yaml that starts the traffic.
 fn inventory_with_steps() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(lab_inventory().join("hosts.yaml"), d.path().join("hosts.yaml"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        lab_inventory().join("hosts.yaml"),
+        d.path().join("hosts.yaml"),
+    )
+    .unwrap();
     let bin = lab_traffic();
     std::fs::write(
         d.path().join("steps.yaml"),
@@ -34,7 +37,12 @@ fn inventory_with_steps() -> tempfile::TempDir {
 /// PIDs of the step processes (the sender, by its unique duration; the receiver it talks to).
 fn step_pids() -> Vec<u32> {
     let o = Command::new("pgrep")
-        .args(["-f", &format!("lab-traffic tcp-(send .*--duration {SEND_SECONDS}|recv --listen 10.77.2.2:5201)")])
+        .args([
+            "-f",
+            &format!(
+                "lab-traffic tcp-(send .*--duration {SEND_SECONDS}|recv --listen 10.77.2.2:5201)"
+            ),
+        ])
         .output()
         .expect("pgrep");
     String::from_utf8_lossy(&o.stdout)
@@ -44,7 +52,9 @@ fn step_pids() -> Vec<u32> {
 }
 
 fn pid_file(host_dir: &str, stem: &str) -> PathBuf {
-    install_dir(host_dir).join("run/steps").join(format!("{stem}.pid"))
+    install_dir(host_dir)
+        .join("run/steps")
+        .join(format!("{stem}.pid"))
 }
 
 /// Waits (at most 60 s) for a step's PID file to name a live process; returns the PID.
@@ -58,21 +68,34 @@ fn wait_for_step(file: &Path, apply: &mut std::process::Child) -> u32 {
         {
             return pid;
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "{} did not appear within 60 s", file.display());
-        assert!(apply.try_wait().unwrap().is_none(), "apply ended before the step started");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{} did not appear within 60 s",
+            file.display()
+        );
+        assert!(
+            apply.try_wait().unwrap().is_none(),
+            "apply ended before the step started"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 fn netns_of(pid: u32) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}/ns/net")).unwrap().ino()
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .unwrap()
+        .ino()
 }
 
 fn wait_gone(when: &str) {
     let t = Instant::now();
     while !step_pids().is_empty() {
-        assert!(t.elapsed() < Duration::from_secs(10), "{when}: step processes left: {:?}", step_pids());
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{when}: step processes left: {:?}",
+            step_pids()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -82,13 +105,25 @@ fn a_step_starts_traffic_in_a_container_the_report_shows_it_and_teardown_kills_i
     let f = Fresh::new();
     let inv_dir = inventory_with_steps();
     let inv = inv_dir.path().to_str().unwrap();
-    assert!(step_pids().is_empty(), "step processes before the test: {:?}", step_pids());
+    assert!(
+        step_pids().is_empty(),
+        "step processes before the test: {:?}",
+        step_pids()
+    );
 
     // The plan shows the steps, each on its host.
     let plan = latplan(&["plan", inv, "--offline"]);
     assert!(plan.status.success(), "{}", text(&plan));
-    assert!(text(&plan).contains("start    send on ct1:"), "{}", text(&plan));
-    assert!(text(&plan).contains("start    recv on vm2:"), "{}", text(&plan));
+    assert!(
+        text(&plan).contains("send on ct1: "),
+        "{}",
+        text(&plan)
+    );
+    assert!(
+        text(&plan).contains("recv on vm2: "),
+        "{}",
+        text(&plan)
+    );
 
     // A whole session: the sender runs inside ct1's namespace, the report has its flow.
     let mut apply = spawn_apply(inv, "10s", &f.store, true);
@@ -97,11 +132,18 @@ fn a_step_starts_traffic_in_a_container_the_report_shows_it_and_teardown_kills_i
         use std::os::unix::fs::MetadataExt;
         m.ino()
     });
-    assert_eq!(Some(netns_of(send)), ct1_ns.ok(), "the sender runs inside the container");
+    assert_eq!(
+        Some(netns_of(send)),
+        ct1_ns.ok(),
+        "the sender runs inside the container"
+    );
     let out = apply.wait_with_output().unwrap();
     let report = text(&out);
     assert!(out.status.success(), "apply failed: {report}");
-    assert!(report.contains("e2e ct1→vm2"), "the report lacks the step's flow: {report}");
+    assert!(
+        report.contains("e2e ct1→vm2"),
+        "the report lacks the step's flow: {report}"
+    );
     assert!(report.contains("ct1: start `send`: started: "), "{report}");
     wait_gone("after the session");
     let t = latplan(&["teardown", inv]);
@@ -114,10 +156,17 @@ fn a_step_starts_traffic_in_a_container_the_report_shows_it_and_teardown_kills_i
     wait_for_step(&pid_file("vm2", "vm2.recv"), &mut apply);
     apply.kill().unwrap();
     apply.wait().unwrap();
-    assert!(!step_pids().is_empty(), "steps run on after the manager died");
+    assert!(
+        !step_pids().is_empty(),
+        "steps run on after the manager died"
+    );
     let t = latplan(&["teardown", inv]);
     assert!(t.status.success(), "{}", text(&t));
-    assert!(text(&t).contains("step:ct1.send("), "teardown says it stopped the step: {}", text(&t));
+    assert!(
+        text(&t).contains("step:ct1.send("),
+        "teardown says it stopped the step: {}",
+        text(&t)
+    );
     wait_gone("after teardown");
     assert_clean("after teardown of a killed session");
 }

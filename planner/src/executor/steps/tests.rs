@@ -21,12 +21,21 @@ fn running(marker: &str) -> usize {
     String::from_utf8_lossy(&o.stdout).lines().count()
 }
 
+/// Waits (at most 5 s) until no process carries `marker`.
+fn wait_gone(marker: &str, what: &str) {
+    let t = Instant::now();
+    while running(marker) > 0 {
+        assert!(t.elapsed() < Duration::from_secs(5), "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_background_process_and_its_children_are_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let marker = format!("latplan-step-test-{}", std::process::id());
     // A pipeline that forks: the group, not one PID, must go.
-    let cmd = format!("sleep 300 # {marker}-a & exec sh -c 'sleep 301 # {marker}-b'");
+    let cmd = format!("sh -c 'sleep 300; : {marker}-a' & exec sh -c 'sleep 301; : {marker}-b'");
     let o = sh(&start_script(dir.path(), "h1.load", &cmd));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("started: "));
@@ -42,14 +51,7 @@ fn a_background_process_and_its_children_are_stopped() {
     assert!(stop.status.success());
     let said = String::from_utf8_lossy(&stop.stdout);
     assert!(said.contains("removed: step:h1.load("), "{said}");
-    let t = Instant::now();
-    while running(&marker) > 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "step processes survived the stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_gone(&marker, "step processes survived the stop");
     assert!(!dir.path().join("h1.load.pid").exists(), "PID file removed");
     let twice = sh(&stop_script(dir.path()));
     assert_eq!(String::from_utf8_lossy(&twice.stdout).trim(), "removed:");
@@ -156,13 +158,6 @@ fn steps_run_in_order_on_a_local_host() {
     assert_eq!(outcome.started_on, BTreeSet::from(["m1".to_string()]));
     assert_eq!(running(&marker), 1);
     rt.block_on(stop_started(&inv, &connected, &outcome.started_on));
-    let t0 = Instant::now();
-    while running(&marker) > 0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "the background step survived"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_gone(&marker, "the background step survived");
     assert!(Path::new(&install).join("run/steps/m1.bg.log").exists());
 }

@@ -54,7 +54,11 @@ fn steps_are_targeted_and_rendered_per_host() {
         .map(|s| (s.index, s.host.as_str(), &s.action))
         .collect();
     assert_eq!(got.len(), 3, "{got:?}");
-    assert_eq!((got[0].0, got[0].1), (0, "m1"), "inventory order within a step");
+    assert_eq!(
+        (got[0].0, got[0].1),
+        (0, "m1"),
+        "inventory order within a step"
+    );
     assert_eq!((got[1].0, got[1].1), (0, "c1"));
     assert_eq!(
         got[1].2,
@@ -85,7 +89,11 @@ fn steps_are_targeted_and_rendered_per_host() {
 fn all_targets_every_host_and_no_steps_file_means_no_steps() {
     let inv = load_with("- hosts: all\n  steps:\n    - run: {name: x, command: 'true'}\n");
     // c2 has no netns: `all` includes it, which is refused (its steps could not run inside it).
-    assert!(inv.unwrap_err().to_string().contains("container `c2` has no `netns`"));
+    assert!(
+        inv.unwrap_err()
+            .to_string()
+            .contains("container `c2` has no `netns`")
+    );
     let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("../inventory/lab");
     assert!(super::super::load(&lab).unwrap().steps.is_empty());
 }
@@ -93,24 +101,86 @@ fn all_targets_every_host_and_no_steps_file_means_no_steps() {
 #[test]
 fn bad_steps_are_refused_with_file_line_column_and_hint() {
     let cases: &[(&str, &str)] = &[
-        ("hosts: m1\n", "steps.yaml:1:1: the top level of a steps file must be a list of plays"),
-        ("- hosts: nope\n  steps: []\n", "steps.yaml:1:10: no host or group `nope`"),
+        (
+            "hosts: m1\n",
+            "steps.yaml:1:1: the top level of a steps file must be a list of plays",
+        ),
+        (
+            "- hosts: nope\n  steps: []\n",
+            "steps.yaml:1:10: no host or group `nope`",
+        ),
         ("- steps: []\n", "steps.yaml:1:3: a play without `hosts:`"),
         ("- hosts: m1\n", "a play without `steps:`"),
-        ("- hosts: m1\n  tasks: []\n", "steps.yaml:2:3: unknown key `tasks` in a play\n  hint: latplan calls them `steps:`"),
-        ("- hosts: m1\n  steps:\n    - shell: ls\n", "steps.yaml:3:7: unknown step `shell`"),
-        ("- hosts: m1\n  steps:\n    - run: {name: a}\n", "steps.yaml:3:7: `run` needs `command:`"),
-        ("- hosts: m1\n  steps:\n    - start: {name: a, command: x, creates: /x}\n", "steps.yaml:3:37: unknown key `creates` in `start`"),
-        ("- hosts: m1\n  steps:\n    - run: {name: 'a b', command: x}\n", "steps.yaml:3:20: invalid step name `a b`"),
-        ("- hosts: m1\n  steps:\n    - run: {name: a, command: '{{ host.nmae }}'}\n", "steps.yaml:3:34: for host `m1`: undefined value"),
-        ("- hosts: m1\n  steps:\n    - run: {name: a, command: x, creates: tmp/x}\n", "`creates` tmp/x is not absolute"),
-        ("- hosts: m1\n  steps:\n    - run: {name: a, command: x, become: maybe}\n", "`become`: expected true or false"),
-        ("- hosts: m1\n  steps:\n    - run: {name: a, command: x}\n      start: {name: b, command: y}\n", "a step has exactly one key"),
-        ("- hosts: m1\n  steps:\n    - start: {name: a, command: x}\n- hosts: senders\n  steps:\n    - start: {name: a, command: y}\n", "steps.yaml:6:7: host `m1` already has a `start` step named `a`"),
-        ("- hosts: c2\n  steps: []\n", "container `c2` has no `netns`"),
+        (
+            "- hosts: m1\n  tasks: []\n",
+            "steps.yaml:2:3: unknown key `tasks` in a play\n  hint: latplan calls them `steps:`",
+        ),
+        (
+            "- hosts: m1\n  steps:\n    - shell: ls\n",
+            "steps.yaml:3:7: unknown step `shell`",
+        ),
+        (
+            "- hosts: m1\n  steps:\n    - run: {name: a}\n",
+            "steps.yaml:3:7: `run` needs `command:`",
+        ),
+        (
+            "- hosts: m1\n  steps:\n    - start: {name: a, command: x, creates: /x}\n",
+            "steps.yaml:3:37: unknown key `creates` in `start`",
+        ),
+        (
+            "- hosts: m1\n  steps:\n    - run: {name: 'a b', command: x}\n",
+            "steps.yaml:3:20: invalid step name `a b`",
+        ),
+        (
+            "- hosts: m1\n  steps:\n    - run: {name: a, command: '{{ host.nmae }}'}\n",
+            "steps.yaml:3:34: for host `m1`: undefined value",
+        ),
+        (
+            "- hosts: m1\n  steps:\n    - run: {name: a, command: x, creates: tmp/x}\n",
+            "`creates` tmp/x is not absolute",
+        ),
+        (
+            "- hosts: m1\n  steps:\n    - run: {name: a, command: x, become: maybe}\n",
+            "`become`: expected true or false",
+        ),
+        (
+            "- hosts: m1\n  steps:\n    - run: {name: a, command: x}\n      start: {name: b, command: y}\n",
+            "a step has exactly one key",
+        ),
+        (
+            "- hosts: m1\n  steps:\n    - start: {name: a, command: x}\n- hosts: senders\n  steps:\n    - start: {name: a, command: y}\n",
+            "steps.yaml:6:7: host `m1` already has a `start` step named `a`",
+        ),
+        (
+            "- hosts: c2\n  steps: []\n",
+            "container `c2` has no `netns`",
+        ),
     ];
     for (steps, want) in cases {
         let e = err(steps);
-        assert!(e.contains(want), "for {steps:?}\n  want: {want}\n  got:  {e}");
+        assert!(
+            e.contains(want),
+            "for {steps:?}\n  want: {want}\n  got:  {e}"
+        );
     }
+}
+
+#[test]
+fn the_demo_inventory_starts_its_traffic_through_steps() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../inventory/demo");
+    let inv = super::super::load(&demo).unwrap_or_else(|e| panic!("{e}"));
+    let got: Vec<(&str, &str, &str)> = inv
+        .steps
+        .iter()
+        .map(|s| (s.host.as_str(), s.action.kind(), s.action.command()))
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!((got[0].0, got[0].1), ("vm2", "start"));
+    assert!(got[0].2.ends_with("tcp-recv --listen 10.77.2.2:5201"), "{}", got[0].2);
+    assert_eq!((got[1].0, got[1].1), ("ct1", "start"));
+    assert!(
+        got[1].2.contains("tcp-send --connect 10.77.2.2:5201 --duration 3600s --rate 20M"),
+        "{}",
+        got[1].2
+    );
 }

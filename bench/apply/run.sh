@@ -67,14 +67,15 @@ cpu_of() { awk '{printf "%.1f", $1 + $2}' "$1.cpu"; }
 
 median() { tr ' ' '\n' | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
-ansible_run() {
+# Sets `cmd` to the ansible-playbook command for `n` hosts and a play (external, so time runs it).
+ansible_cmd() {
   local n=$1 play=$2
-  ANSIBLE_CONFIG=$here/ansible.cfg ANSIBLE_FORKS=$n ANSIBLE_SSH_CONTROL_PATH_DIR=$BENCH_DIR/cp \
-    ANSIBLE_SSH_ARGS="-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=$BENCH_DIR/known_hosts -o StrictHostKeyChecking=yes" \
+  cmd=(env ANSIBLE_CONFIG="$here/ansible.cfg" ANSIBLE_FORKS="$n" ANSIBLE_SSH_CONTROL_PATH_DIR="$BENCH_DIR/cp" \
+    "ANSIBLE_SSH_ARGS=-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=$BENCH_DIR/known_hosts -o StrictHostKeyChecking=yes" \
     "$venv/bin/ansible-playbook" -i "$BENCH_DIR/inventory/ansible.ini" "$here/$play" \
     -e "artifacts=$LATPLAN_ARTIFACTS" -e "duration=$duration" \
     -e "observer_sha256=$(sha256sum "$LATPLAN_ARTIFACTS/observer" | cut -d' ' -f1)" \
-    -e "timesync_sha256=$(sha256sum "$LATPLAN_ARTIFACTS/timesync" | cut -d' ' -f1)"
+    -e "timesync_sha256=$(sha256sum "$LATPLAN_ARTIFACTS/timesync" | cut -d' ' -f1)")
 }
 
 echo "| hosts | latplan apply | latplan teardown | latplan total | latplan CPU | ansible apply | ansible teardown | ansible total | ansible CPU | ratio (total) | ratio (without the ${duration} s session) |"
@@ -88,8 +89,10 @@ for n in "${sizes[@]}"; do
     la+=("$(timed "$LOGS/latplan-apply-$n-$r.log" "$latplan" apply "$inv" --duration "${duration}s" --forks "$n")")
     lt+=("$(timed "$LOGS/latplan-teardown-$n-$r.log" "$latplan" teardown "$inv" --forks "$n")")
     # Ansible: the same hosts, fresh (its own install dirs), each play one ansible-playbook run.
-    aa+=("$(timed "$LOGS/ansible-apply-$n-$r.log" ansible_run "$n" apply.yml)")
-    at+=("$(timed "$LOGS/ansible-teardown-$n-$r.log" ansible_run "$n" teardown.yml)")
+    ansible_cmd "$n" apply.yml
+    aa+=("$(timed "$LOGS/ansible-apply-$n-$r.log" "${cmd[@]}")")
+    ansible_cmd "$n" teardown.yml
+    at+=("$(timed "$LOGS/ansible-teardown-$n-$r.log" "${cmd[@]}")")
     lc+=("$(echo "$(cpu_of "$LOGS/latplan-apply-$n-$r.log") $(cpu_of "$LOGS/latplan-teardown-$n-$r.log")" | awk '{print $1 + $2}')")
     ac+=("$(echo "$(cpu_of "$LOGS/ansible-apply-$n-$r.log") $(cpu_of "$LOGS/ansible-teardown-$n-$r.log")" | awk '{print $1 + $2}')")
     lab down

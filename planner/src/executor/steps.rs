@@ -1,6 +1,7 @@
 //! The user's own steps (steps.yaml, docs/inventory.md) during a session: one-shot `run` commands
-//! and background `start` processes, run once observers are up so a workload's first bytes are
-//! seen; background processes are stopped when the session ends and by teardown.
+//! and background `start` processes, run right after the observers are started (so the workload
+//! runs while they observe); background processes are stopped when the session ends and by
+//! teardown.
 //!
 //! Steps run in file order; every host's step of one index ends before any host begins the next
 //! (Ansible's linear strategy), so a receiver started in one play is up before a sender of a later

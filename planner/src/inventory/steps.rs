@@ -117,9 +117,15 @@ pub fn resolve(src: &Sources, root: &Node, inv: &Inventory) -> Result<Vec<UserSt
     for play in plays.iter() {
         let m = mapping(src, play, "a play")?;
         check_keys(src, m, &["hosts", "name", "steps"], "a play")?;
-        let targets = targets(src, m, play.span(), inv)?;
+        // A mapping's own span starts after its first key; point at that key instead.
+        let at = m
+            .iter()
+            .next()
+            .map(|(k, _)| *k.span())
+            .unwrap_or(*play.span());
+        let targets = targets(src, m, &at, inv)?;
         let steps = m.get_node("steps").ok_or_else(|| {
-            src.error(play.span(), "a play without `steps:`")
+            src.error(&at, "a play without `steps:`")
                 .hint("add `steps:` with a list of `run:` or `start:` steps")
         })?;
         let steps = steps
@@ -309,7 +315,7 @@ fn raw_step<'a>(src: &Sources, step: &'a Node) -> Result<RawStep<'a>> {
         }
     };
     let required = |key: &str| -> Result<&'a marked_yaml::types::MarkedScalarNode> {
-        scalar(key)?.ok_or_else(|| src.error(step.span(), format!("`{kind}` needs `{key}:`")))
+        scalar(key)?.ok_or_else(|| src.error(k.span(), format!("`{kind}` needs `{key}:`")))
     };
     let name = required("name")?;
     let command = required("command")?;
@@ -331,7 +337,8 @@ fn raw_step<'a>(src: &Sources, step: &'a Node) -> Result<RawStep<'a>> {
     };
     Ok(RawStep {
         kind,
-        span: *step.span(),
+        // The step's key (`run:`, `start:`): where an editor should jump.
+        span: *k.span(),
         name,
         command,
         creates: scalar("creates")?,

@@ -114,16 +114,8 @@ fn a_step_starts_traffic_in_a_container_the_report_shows_it_and_teardown_kills_i
     // The plan shows the steps, each on its host.
     let plan = latplan(&["plan", inv, "--offline"]);
     assert!(plan.status.success(), "{}", text(&plan));
-    assert!(
-        text(&plan).contains("send on ct1: "),
-        "{}",
-        text(&plan)
-    );
-    assert!(
-        text(&plan).contains("recv on vm2: "),
-        "{}",
-        text(&plan)
-    );
+    assert!(text(&plan).contains("send on ct1: "), "{}", text(&plan));
+    assert!(text(&plan).contains("recv on vm2: "), "{}", text(&plan));
 
     // A whole session: the sender runs inside ct1's namespace, the report has its flow.
     let mut apply = spawn_apply(inv, "10s", &f.store, true);

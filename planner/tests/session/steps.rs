@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{Fresh, assert_clean, install_dir, lab_traffic, latplan, spawn_apply, text};
+use super::{
+    Fresh, assert_clean, install_dir, lab_traffic, latplan, our_programs, spawn_apply, text,
+};
 use labtools::testlab::lab_inventory;
 
 /// A marker no other test uses: the sender's `--duration` names it in its command line.
@@ -160,5 +162,11 @@ fn a_step_starts_traffic_in_a_container_the_report_shows_it_and_teardown_kills_i
         text(&t)
     );
     wait_gone("after teardown");
+    // Teardown killed live observers (the lease had not run out): the kernel frees the programs
+    // of a process that ended asynchronously, so give it a bounded moment.
+    let t = Instant::now();
+    while !our_programs().is_empty() && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_clean("after teardown of a killed session");
 }

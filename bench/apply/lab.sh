@@ -121,6 +121,7 @@ cmd_up() {
   made dir "$BENCH_DIR/inventory"
   made dir "$BENCH_DIR/hosts"
   made dir "$BENCH_DIR/ansible"
+  made dir "$BENCH_DIR/cp"   # Ansible's ControlPath sockets (bench/apply/run.sh)
   made dir "$LOGS"
   mkdir -p /run/sshd
   rm -f "$BENCH_DIR/id_ed25519" "$BENCH_DIR/id_ed25519.pub"

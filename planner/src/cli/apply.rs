@@ -361,8 +361,16 @@ async fn run_session(
         humantime::format_duration(args.duration)
     );
 
+    // The user's steps (steps.yaml) start once observers are up (executor/steps.rs).
+    let live = running.iter().map(|(n, _)| n.clone()).collect();
+    let user = crate::executor::steps::run_steps(inv, &pool.connected, &live).await;
+    for (h, why) in &user.failed {
+        recap.set(h, HostOutcome::Failed(why.clone()));
+    }
+
     let interrupted = watch_session(args.duration, &collector, &prober, &mut running, recap).await;
 
+    crate::executor::steps::stop_started(inv, &pool.connected, &user.started_on).await;
     let _ = stop_tx.send(true);
     let ends = join_all(running.into_iter().map(|(_, h)| h)).await;
     for end in ends.into_iter().flatten() {

@@ -197,6 +197,9 @@ fn describe(t: &Task) -> String {
         Task::Run { name, .. } => name.clone(),
         Task::StartObserver { args } | Task::StartTimesync { args } => args.join(" "),
         Task::StopObserver {} | Task::StopTimesync {} => String::new(),
+        Task::Step { on, action, at } => {
+            format!("{} on {on}: {}  ({at})", action.name(), action.command())
+        }
         Task::Cleanup { paths } => paths
             .iter()
             .map(|p| p.display().to_string())

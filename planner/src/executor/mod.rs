@@ -7,6 +7,7 @@ pub mod clocks;
 pub mod converge;
 pub mod observe;
 pub mod recap;
+pub mod steps;
 pub mod teardown;
 
 pub use recap::{Outcome, Recap};

@@ -6,8 +6,15 @@ use crate::transport::{Cmd, Transport, check};
 /// What teardown removed on a host (empty: nothing of ours was there).
 pub async fn teardown_host(t: &dyn Transport, host: &Host) -> anyhow::Result<Vec<String>> {
     let layout = Layout::of(host);
+    // The user's background steps first (their PID files are under install_dir), in the same
+    // remote command: one round trip per host.
+    let script = format!(
+        "({})\n{}",
+        super::steps::stop_script(&super::steps::steps_dir(&layout)),
+        layout.teardown_command()
+    );
     let out = t
-        .exec(Cmd::new(layout.teardown_command()).become_root(host.become_root))
+        .exec(Cmd::new(script).become_root(host.become_root))
         .await?;
     let out = check(t.host(), "teardown", out)?;
     Ok(parse_removed(&out.stdout_str()))

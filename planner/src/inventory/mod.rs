@@ -10,6 +10,7 @@ mod model;
 mod resolve;
 mod session;
 mod source;
+pub mod steps;
 mod tree;
 mod values;
 
@@ -20,6 +21,7 @@ use marked_yaml::Node;
 pub use error::{InventoryError, Location};
 pub use model::*;
 pub use session::{BUS_PASSWORD_ENV, STORE_PASSWORD_ENV, read_secret_file};
+pub use steps::{StepAction, UserStep};
 pub use tree::valid_name;
 
 use source::Sources;
@@ -77,12 +79,18 @@ fn finish(
     }
     let hosts = resolve::resolve_hosts(&src, &tree, &all_vars)?;
     let session = session::resolve_session(&mut src, session_layers)?;
-    Ok(Inventory {
+    let mut inv = Inventory {
         hosts,
         session,
         order: tree.order.clone(),
         source: path.to_path_buf(),
-    })
+        steps: Vec::new(),
+    };
+    // The user's steps are rendered with the resolved hosts, so they come last.
+    if let Some(f) = dir.as_deref().and_then(steps::find) {
+        inv.steps = steps::load(&mut src, &f, &inv)?;
+    }
+    Ok(inv)
 }
 
 /// Loads a single-file inventory from text (`name` is used in error locations).

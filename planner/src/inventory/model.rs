@@ -157,6 +157,9 @@ pub struct Inventory {
     /// The path it was loaded from.
     #[serde(skip)]
     pub source: PathBuf,
+    /// The user's own steps (steps.yaml), rendered per host, in the order they run.
+    #[serde(skip)]
+    pub steps: Vec<super::steps::UserStep>,
 }
 
 impl Inventory {

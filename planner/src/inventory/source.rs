@@ -60,6 +60,28 @@ impl Sources {
         marked_yaml::parse_yaml_with_options(id, text, opts).map_err(|e| self.load_error(e))
     }
 
+    /// Reads a file whose top level is a list (the steps file).
+    pub fn parse_sequence_file(&mut self, path: &Path) -> Result<Node> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            InventoryError::new(None, format!("failed to read {}: {e}", path.display()))
+        })?;
+        let id = self.files.len();
+        self.files.push(path.to_path_buf());
+        let opts = LoaderOptions::default()
+            .toplevel_sequence()
+            .error_on_duplicate_keys(true);
+        marked_yaml::parse_yaml_with_options(id, &text, opts).map_err(|e| match e {
+            LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => {
+                InventoryError::new(
+                    Some(self.marker(&m)),
+                    "the top level of a steps file must be a list of plays",
+                )
+                .hint("start with `- hosts: NAME` and `steps:` under it (docs/inventory.md)")
+            }
+            e => self.load_error(e),
+        })
+    }
+
     fn load_error(&self, e: LoadError) -> InventoryError {
         match e {
             LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => {

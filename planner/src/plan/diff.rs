@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::HostPlan;
 use crate::facts::Facts;
+use crate::inventory::StepAction;
 use crate::tasks::Task;
 use crate::transport::shell::sha256_hex;
 
@@ -123,6 +124,19 @@ fn judge(
                 (Change::Ok, "not running".into())
             }
         }
+        Task::Step { action, .. } => match action {
+            StepAction::Run {
+                creates: Some(p), ..
+            } => (
+                Change::Changed,
+                format!("runs with the session unless {} exists", p.display()),
+            ),
+            StepAction::Run { .. } => (Change::Changed, "runs with the session".into()),
+            StepAction::Start { .. } => (
+                Change::Changed,
+                "starts once observers are up, stopped at the end".into(),
+            ),
+        },
         Task::Cleanup { paths } => {
             let present = paths
                 .iter()

@@ -115,7 +115,10 @@ impl Playbooks {
         let text = tmpl
             .render(&ctx)
             .map_err(|e| template_error(&name, &host.name, &e))?;
-        let tasks = parse_steps(&name, &host.name, &text)?;
+        let mut tasks = parse_steps(&name, &host.name, &text)?;
+        if playbook == "apply" {
+            tasks.extend(user_steps(inv, host));
+        }
         let mut files = BTreeMap::new();
         for t in &tasks {
             if let Task::Render { template, dest, .. } = t {
@@ -137,6 +140,22 @@ impl Playbooks {
             files,
         })
     }
+}
+
+/// The user's steps (steps.yaml) that run through `host`: its own and its containers'.
+fn user_steps<'a>(inv: &'a Inventory, host: &'a Host) -> impl Iterator<Item = Task> + 'a {
+    inv.steps
+        .iter()
+        .filter(move |s| {
+            s.host == host.name
+                || inv.hosts[&s.host].kind == crate::inventory::Kind::Container
+                    && inv.hosts[&s.host].parent.as_deref() == Some(host.name.as_str())
+        })
+        .map(|s| Task::Step {
+            on: s.host.clone(),
+            action: s.action.clone(),
+            at: s.location.to_string(),
+        })
 }
 
 fn template_error(name: &str, host: &str, e: &minijinja::Error) -> RenderError {

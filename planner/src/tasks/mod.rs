@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::inventory::StepAction;
+
 /// One step of a host's plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -51,6 +53,17 @@ pub enum Task {
     Cleanup {
         paths: Vec<PathBuf>,
     },
+    /// One of the user's own steps (the inventory's steps.yaml), run by apply once observers are
+    /// up. Playbooks cannot write it: it comes from the inventory only.
+    #[serde(skip_deserializing)]
+    Step {
+        /// The host it runs on: the planned host itself, or one of its containers (inside the
+        /// container's network namespace).
+        on: String,
+        action: StepAction,
+        /// Where it is written (steps.yaml:line:column).
+        at: String,
+    },
 }
 
 impl Task {
@@ -66,6 +79,7 @@ impl Task {
             Task::StartTimesync { .. } => "start_timesync",
             Task::StopTimesync {} => "stop_timesync",
             Task::Cleanup { .. } => "cleanup",
+            Task::Step { action, .. } => action.kind(),
         }
     }
 }

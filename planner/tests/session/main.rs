@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use labtools::testlab::{self, lab_inventory, lock_lab, ns_command, require_lab};
 
+mod steps;
+
 const LATPLAN: &str = env!("CARGO_BIN_EXE_latplan");
 const HOSTS: [&str; 4] = ["metal1", "metal2", "vm1", "vm2"];
 

@@ -6,10 +6,13 @@ use std::time::{Duration, Instant};
 
 use labtools::testlab::{self, lab_inventory, lock_lab, ns_command, require_lab};
 
+mod redis_apply;
+mod redis_observer;
+
 const LATPLAN: &str = env!("CARGO_BIN_EXE_latplan");
 const HOSTS: [&str; 4] = ["metal1", "metal2", "vm1", "vm2"];
 
-fn latplan(args: &[&str]) -> Output {
+pub fn latplan(args: &[&str]) -> Output {
     Command::new(LATPLAN)
         .args(args)
         .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
@@ -18,7 +21,7 @@ fn latplan(args: &[&str]) -> Output {
         .expect("run latplan")
 }
 
-fn text(o: &Output) -> String {
+pub fn text(o: &Output) -> String {
     format!(
         "{}\n--- stderr ---\n{}",
         String::from_utf8_lossy(&o.stdout),
@@ -67,10 +70,10 @@ fn our_processes() -> Vec<String> {
 }
 
 /// A bulk TCP flow from the container on metal1 to the VM on metal2, across the wan relay.
-struct Traffic(Vec<Child>);
+pub struct Traffic(Vec<Child>);
 
 impl Traffic {
-    fn start(seconds: u32, rate: &str) -> Traffic {
+    pub fn start(seconds: u32, rate: &str) -> Traffic {
         let bin = lab_traffic();
         let bin = bin.to_str().unwrap();
         let recv = ns_command("lp-vm2", &[bin, "tcp-recv", "--listen", "10.77.2.2:5201"])
@@ -108,7 +111,7 @@ impl Drop for Traffic {
     }
 }
 
-fn assert_clean(when: &str) {
+pub fn assert_clean(when: &str) {
     assert!(
         our_programs().is_empty(),
         "{when}: programs of ours still loaded: {:?}",
@@ -130,15 +133,15 @@ fn assert_clean(when: &str) {
 
 /// A test's hold on the lab: the lab lock, nothing of ours on the hosts (teardown first), and a
 /// fresh SQLite store for the session.
-struct Fresh {
+pub struct Fresh {
     _lab: testlab::LabLock,
-    inv: String,
+    pub inv: String,
     store: String,
     _db: tempfile::TempDir,
 }
 
 impl Fresh {
-    fn new() -> Fresh {
+    pub fn new() -> Fresh {
         require_lab();
         let lab = lock_lab();
         let inv = lab_inventory().to_str().unwrap().to_string();
@@ -354,4 +357,28 @@ fn a_host_lost_mid_session_is_reported_and_the_others_finish() {
     let t = latplan(&["teardown", inv]);
     assert!(t.status.success(), "{}", text(&t));
     assert_clean("after teardown");
+}
+
+/// Redis at 127.0.0.1:6379, as ci/setup starts it.
+pub fn require_redis() {
+    let ok = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379", "ping"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"));
+    assert!(
+        ok,
+        "Redis is not answering at 127.0.0.1:6379: run ci/setup (it starts redis-server)"
+    );
+}
+
+/// Polls `cond` every 100 ms for at most `limit`; fails naming `what`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

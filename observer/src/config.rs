@@ -35,6 +35,9 @@ pub struct Config {
     pub batch_max: usize,
     /// Benchmark mode: one record per UDP packet at the interface layers.
     pub sample_udp: bool,
+    /// Where frames go: "stdout" (the SSH channel) or "redis" (the host's stream; the account,
+    /// keys and lease key come as one JSON line on stdin, see docs/storage.md).
+    pub sink: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +68,7 @@ impl Default for Config {
             buffer_frames: 1024,
             batch_max: 4096,
             sample_udp: false,
+            sink: "stdout".into(),
         }
     }
 }
@@ -115,6 +119,9 @@ impl Config {
                 "xdp_mode {:?} is not one of auto, native, generic",
                 self.xdp_mode
             );
+        }
+        if !["stdout", "redis"].contains(&self.sink.as_str()) {
+            bail!("sink {:?} is not one of stdout, redis", self.sink);
         }
         self.layer_set()?;
         if self.batch_max == 0 || self.buffer_frames == 0 {

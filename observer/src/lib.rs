@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod cleanup;
 pub mod config;
+pub mod daemon;
 pub mod dump;
 pub mod loader;
 pub mod netns;

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+use observer::run::RunOptions;
 use observer::{cleanup, config, dump, probe, run, sink};
 
 #[derive(Parser)]
@@ -75,6 +76,19 @@ struct RunArgs {
     /// Benchmark mode: one record per UDP packet at the interface layers.
     #[arg(long)]
     sample_udp: bool,
+    /// Where frames go: stdout, or redis (settings and credentials as one JSON line on stdin).
+    #[arg(long)]
+    sink: Option<String>,
+    /// Leave the SSH channel once attached (redis sink with a lease key only): print the PID and
+    /// exit 0, or exit 1 with the log's tail if start-up fails.
+    #[arg(long, requires_all = ["log", "pid_file"])]
+    daemon: bool,
+    /// The daemon's stderr (created 0600).
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Where the daemon writes its PID.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -97,10 +111,52 @@ impl RunArgs {
         set!(xdp_mode = self.xdp_mode);
         set!(lease_seconds = self.lease);
         set!(stats_interval_seconds = self.stats_interval);
+        set!(sink = self.sink);
         c.sample_udp |= self.sample_udp;
         c.validate().context("invalid observer settings")?;
         Ok(c)
     }
+}
+
+/// Redis sink: the settings line comes first on stdin (never argv, environment or a file), then
+/// (with `--daemon`) the observer leaves the channel; the lease is the key latplan renews.
+#[cfg(feature = "redis-sink")]
+fn run_redis(cfg: config::Config, daemon: Option<(PathBuf, PathBuf)>) -> Result<()> {
+    use observer::run::{LeaseCheck, LeaseSource};
+    use sink::redis::{RedisLease, RedisSinkConfig, RedisStreamSink};
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("failed to read the Redis settings line from stdin")?;
+    if line.trim().is_empty() {
+        anyhow::bail!("stdin ended before the Redis settings line (latplan writes it first)");
+    }
+    let rc = RedisSinkConfig::from_stdin_line(&line)?;
+    drop(line);
+    let lease = RedisLease::new(&rc)?;
+    if daemon.is_some() && lease.is_none() {
+        anyhow::bail!("--daemon needs a lease key in the Redis settings");
+    }
+    let ready = match daemon {
+        Some((log, pid)) => Some(observer::daemon::daemonize(&log, &pid)?),
+        None => None,
+    };
+    let sink = RedisStreamSink::connect(rc)?;
+    let lease = match lease {
+        Some(mut l) => LeaseSource::Poll(Box::new(move || match l.read() {
+            Ok(Some(v)) if v == "stop" => LeaseCheck::Stop,
+            Ok(Some(_)) => LeaseCheck::Held,
+            _ => LeaseCheck::Unknown,
+        })),
+        None => LeaseSource::Stdin,
+    };
+    let on_attached = ready.map(|r| Box::new(move || r.ok()) as Box<dyn FnOnce() + Send>);
+    run::run(cfg, Box::new(sink), RunOptions { lease, on_attached })
+}
+
+#[cfg(not(feature = "redis-sink"))]
+fn run_redis(_: config::Config, _: Option<(PathBuf, PathBuf)>) -> Result<()> {
+    anyhow::bail!("this observer was built without the Redis sink (feature redis-sink)")
 }
 
 fn main() {
@@ -112,7 +168,22 @@ fn main() {
 
 fn real_main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Run(a) => run::run(a.into_config()?, Box::new(sink::StdoutSink::new())),
+        Cmd::Run(a) => {
+            let daemon = a.daemon.then(|| (a.log.clone(), a.pid_file.clone()));
+            let cfg = a.into_config()?;
+            match (cfg.sink.as_str(), daemon) {
+                ("redis", d) => run_redis(
+                    cfg,
+                    d.map(|(l, p)| (l.expect("required"), p.expect("required"))),
+                ),
+                (_, Some(_)) => anyhow::bail!("--daemon needs the redis sink (--sink redis)"),
+                _ => run::run(
+                    cfg,
+                    Box::new(sink::StdoutSink::new()),
+                    RunOptions::default(),
+                ),
+            }
+        }
         Cmd::Probe {
             interfaces,
             json: _,

@@ -20,7 +20,42 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub fn run(cfg: Config, sink: Box<dyn Sink>) -> Result<()> {
+/// Who keeps the observer alive (DESIGN.md §10: an observer whose controller is gone detaches).
+pub enum LeaseSource {
+    /// Heartbeat lines on stdin (the SSH channel); end of input ends the run.
+    Stdin,
+    /// A check polled every second (Redis mode: the lease key latplan renews, docs/session.md).
+    Poll(Box<dyn FnMut() -> LeaseCheck + Send>),
+}
+
+/// One look at a polled lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseCheck {
+    /// The controller renewed it: keep going.
+    Held,
+    /// The controller asks the observer to stop now (the session's end).
+    Stop,
+    /// Not renewed, or not readable right now (Redis restarting): counts towards expiry.
+    Unknown,
+}
+
+/// How a run is driven, besides its configuration.
+pub struct RunOptions {
+    pub lease: LeaseSource,
+    /// Called once everything is attached and the hello is queued (daemon readiness).
+    pub on_attached: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            lease: LeaseSource::Stdin,
+            on_attached: None,
+        }
+    }
+}
+
+pub fn run(cfg: Config, sink: Box<dyn Sink>, opts: RunOptions) -> Result<()> {
     let (size, notice) = sampling::round_size(cfg.sampling.size);
     if let Some(n) = notice {
         eprintln!("observer: notice: {n}");
@@ -129,7 +164,10 @@ pub fn run(cfg: Config, sink: Box<dyn Sink>) -> Result<()> {
         ifaces.len()
     );
 
-    let lease = Lease::start(cfg.lease_seconds);
+    if let Some(ready) = opts.on_attached {
+        ready();
+    }
+    let lease = Lease::start(cfg.lease_seconds, opts.lease);
     let mut st = RunState {
         unwrap: Unwrapper::new(1 << 16),
         next_seq: 0,
@@ -350,47 +388,75 @@ fn process_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// The controller's lease: any byte on stdin renews it; EOF or silence past the lease ends the run.
+/// The controller's lease: any byte on stdin renews it and EOF ends it, or (polled) a renewed
+/// lease key; silence past the lease ends the run.
 struct Lease {
     seconds: u64,
     last: Arc<AtomicU64>,
     eof: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
     start: Instant,
 }
 
 impl Lease {
-    fn start(seconds: u64) -> Lease {
+    fn start(seconds: u64, source: LeaseSource) -> Lease {
         let l = Lease {
             seconds,
             last: Arc::new(AtomicU64::new(0)),
             eof: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(AtomicBool::new(false)),
             start: Instant::now(),
         };
-        if seconds > 0 {
-            let (last, eof, start) = (l.last.clone(), l.eof.clone(), l.start);
-            std::thread::Builder::new()
-                .name("lp-lease".into())
-                .spawn(move || {
-                    let mut buf = [0u8; 512];
-                    let mut stdin = std::io::stdin();
-                    loop {
-                        match stdin.read(&mut buf) {
-                            Ok(0) | Err(_) => {
-                                eof.store(true, Ordering::Relaxed);
-                                return;
-                            }
-                            Ok(_) => {
-                                last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed)
+        let (last, start) = (l.last.clone(), l.start);
+        let renew = move || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        match source {
+            LeaseSource::Stdin if seconds > 0 => {
+                let eof = l.eof.clone();
+                std::thread::Builder::new()
+                    .name("lp-lease".into())
+                    .spawn(move || {
+                        let mut buf = [0u8; 512];
+                        let mut stdin = std::io::stdin();
+                        loop {
+                            match stdin.read(&mut buf) {
+                                Ok(0) | Err(_) => {
+                                    eof.store(true, Ordering::Relaxed);
+                                    return;
+                                }
+                                Ok(_) => renew(),
                             }
                         }
-                    }
-                })
-                .expect("spawn lease thread");
+                    })
+                    .expect("spawn lease thread");
+            }
+            LeaseSource::Stdin => {}
+            LeaseSource::Poll(mut check) => {
+                let stop = l.stop.clone();
+                std::thread::Builder::new()
+                    .name("lp-lease".into())
+                    .spawn(move || {
+                        loop {
+                            match check() {
+                                LeaseCheck::Held => renew(),
+                                LeaseCheck::Stop => {
+                                    stop.store(true, Ordering::Relaxed);
+                                    return;
+                                }
+                                LeaseCheck::Unknown => {}
+                            }
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    })
+                    .expect("spawn lease thread");
+            }
         }
         l
     }
 
     fn expired(&self) -> Option<&'static str> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Some("stopped by latplan");
+        }
         if self.seconds == 0 {
             return None;
         }

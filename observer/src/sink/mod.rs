@@ -1,5 +1,5 @@
-//! Where the encoded frames go: stdout (the SSH channel) now; a Redis Streams sink can implement
-//! the same trait (one frame per stream entry) in `sink/redis.rs`.
+//! Where the encoded frames go: stdout (the SSH channel), or a Redis stream (`sink/redis.rs`, one
+//! frame per stream entry; feature `redis-sink`, on by default).
 //!
 //! The sampler never blocks on a sink: frames go through a bounded queue to a writer thread, and
 //! a full queue drops the samples frame (counted, and visible as a record sequence gap).
@@ -7,6 +7,9 @@ use anyhow::{Context, Result};
 use std::io::Write;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
+
+#[cfg(feature = "redis-sink")]
+pub mod redis;
 
 pub trait Sink: Send {
     /// Writes one complete encoded frame (`latplan_common::wire::Frame::encode`).

@@ -44,6 +44,9 @@ pub struct RedisSinkConfig {
     pub status_ttl_secs: u64,
     #[serde(default)]
     pub ca_pem: Option<String>,
+    /// The key latplan renews while the session runs (Redis-mode lease, docs/session.md).
+    #[serde(default)]
+    pub lease_key: Option<String>,
 }
 
 impl std::fmt::Debug for RedisSinkConfig {
@@ -105,6 +108,45 @@ impl RedisSinkConfig {
             ),
             _ => redis::Client::open(info),
         }
+    }
+}
+
+/// Reads the lease key latplan renews (`RedisSinkConfig::lease_key`) on its own connection.
+pub struct RedisLease {
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+    key: String,
+}
+
+impl RedisLease {
+    pub fn new(cfg: &RedisSinkConfig) -> Result<Option<RedisLease>, SinkError> {
+        let Some(key) = cfg.lease_key.clone() else {
+            return Ok(None);
+        };
+        let client = cfg.client().map_err(|source| SinkError::Connect {
+            url: cfg.url.clone(),
+            source,
+        })?;
+        Ok(Some(RedisLease {
+            client,
+            conn: None,
+            key,
+        }))
+    }
+
+    /// The lease key's value: `Ok(None)` when it is gone (expired or deleted), `Err` when Redis
+    /// cannot be asked right now.
+    pub fn read(&mut self) -> redis::RedisResult<Option<String>> {
+        if self.conn.is_none() {
+            self.conn = Some(open(&self.client)?);
+        }
+        let r = redis::cmd("GET")
+            .arg(&self.key)
+            .query::<Option<String>>(self.conn.as_mut().expect("connected above"));
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
     }
 }
 

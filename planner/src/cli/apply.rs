@@ -19,12 +19,16 @@ use crate::collector::{Collector, CollectorConfig};
 use crate::executor::clocks::{Prober, Reflector, start_reflector};
 use crate::executor::converge::converge;
 use crate::executor::observe::{self, ObserverEnd};
+use crate::executor::observe_redis::{self, RedisObservers};
 use crate::executor::{Outcome as HostOutcome, Recap};
 use crate::inventory::{Host, Inventory, Kind};
+use crate::session::state::SessionDir;
 use crate::session::{self, Layout};
 use crate::store::{HostRecord, Store};
 use crate::tasks::artifacts::{Artifact, Artifacts, OBSERVER, TIMESYNC};
 use crate::transport::{Pool, Transport};
+
+mod detach;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -39,6 +43,10 @@ pub struct Args {
     /// Store URL, overriding the inventory's `session.store`.
     #[arg(long)]
     store: Option<String>,
+    /// Bus URL, overriding the inventory's `session.bus`: `ssh`, or `redis://HOST:PORT` /
+    /// `rediss://…` as the observers reach it (password as for `session.bus`).
+    #[arg(long)]
+    bus: Option<String>,
     /// Name of the session (default: a fresh time-stamped name).
     #[arg(long)]
     session: Option<String>,
@@ -48,6 +56,13 @@ pub struct Args {
     /// How long to wait for every clock domain to be synced within its bound.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     sync_timeout: Duration,
+    /// Start everything, leave a background `latplan` that renews the leases and collects, and
+    /// return (Redis bus only). `latplan status` shows it, `latplan stop` ends it with the report.
+    #[arg(long, conflicts_with = "check")]
+    detach: bool,
+    /// Internal: this process is the background collector of a detached session.
+    #[arg(long, hide = true, requires = "session")]
+    detached_child: bool,
     /// Also write the HTML report to this file.
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
@@ -57,7 +72,32 @@ pub struct Args {
 
 impl Command for Args {
     fn run(self, _global: &Global) -> anyhow::Result<Outcome> {
-        let inv = load(&self.inventory)?;
+        let mut inv = load(&self.inventory)?;
+        if let Some(bus) = &self.bus {
+            if bus != "ssh" && !bus.starts_with("redis://") && !bus.starts_with("rediss://") {
+                bail!("--bus {bus}: use ssh, redis://HOST:PORT or rediss://HOST:PORT");
+            }
+            let authority = bus.split("://").nth(1).unwrap_or("").split('/').next();
+            if authority.is_some_and(|a| a.rsplit_once('@').is_some_and(|(u, _)| u.contains(':'))) {
+                bail!(
+                    "--bus holds a password: give it in {} or session.bus_secret_file instead",
+                    crate::inventory::BUS_PASSWORD_ENV
+                );
+            }
+            inv.session.bus = bus.clone();
+        }
+        if self.detach {
+            return detach::start(&inv, self.session.clone());
+        }
+        if self.detached_child {
+            return detach::run_child(self, inv);
+        }
+        self.run_with(inv)
+    }
+}
+
+impl Args {
+    fn run_with(self, inv: Inventory) -> anyhow::Result<Outcome> {
         let dir = Artifacts::locate(self.connect.artifacts.as_deref());
         let artifacts = vec![dir.load(OBSERVER)?, dir.load(TIMESYNC)?];
         let store_url = self
@@ -320,12 +360,83 @@ async fn run_session(
         session_id,
         CollectorConfig::default(),
     ));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let observed: Vec<String> = recap
         .healthy()
         .filter(|h| facts.contains_key(*h))
         .map(str::to_string)
         .collect();
+    let (interrupted, redis) = if inv.session.bus == "ssh" {
+        let i = observe_over_ssh(
+            args, inv, pool, session, &observed, &collector, &prober, recap,
+        )
+        .await?;
+        (i, None)
+    } else {
+        let (i, r) = observe_over_redis(
+            args, inv, pool, session, &observed, &collector, &prober, recap,
+        )
+        .await?;
+        (i, Some(r))
+    };
+    // `latplan stop` is how a detached session ends normally.
+    let interrupted = interrupted && !args.detached_child;
+    let (sync, prober_err) = prober.stop().await;
+    if !prober_err.trim().is_empty() {
+        eprintln!(
+            "timesync prober: {}",
+            crate::executor::clocks::last_lines(&prober_err, 3)
+        );
+    }
+    store.insert_clock_fits(session_id, &sync.fits).await?;
+    join_all(
+        reflectors
+            .into_iter()
+            .map(|r| r.stop(Duration::from_secs(5))),
+    )
+    .await;
+    let collector =
+        Arc::try_unwrap(collector).map_err(|_| anyhow::anyhow!("collector still shared"))?;
+    let collected = collector.finish().await?;
+    if let Some(r) = redis {
+        r.finish().await?;
+    }
+    let status = if interrupted {
+        "interrupted"
+    } else {
+        "completed"
+    };
+    store.end_session(session_id, status).await?;
+    store.close().await;
+    let c = &collected.counters;
+    eprintln!(
+        "collected {} records ({} duplicates ignored), {} missing in {} gap(s), {} dropped by observers, {} undecodable frames",
+        c.records,
+        c.duplicates,
+        collected.missing_records(),
+        collected.gaps.len(),
+        c.drops(),
+        c.decode_errors
+    );
+    Ok(())
+}
+
+/// SSH bus: each observer in the foreground of its channel, records on its stdout. Returns
+/// whether the session was interrupted; every observer has ended when it returns.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the session's context, one call site"
+)]
+async fn observe_over_ssh(
+    args: &Args,
+    inv: &Inventory,
+    pool: &Pool,
+    session: &str,
+    observed: &[String],
+    collector: &Arc<Collector>,
+    prober: &Prober,
+    recap: &mut Recap,
+) -> anyhow::Result<bool> {
+    let (stop_tx, stop_rx) = watch::channel(false);
     let starts = observed.iter().map(|name| {
         let host = &inv.hosts[name];
         let t: Arc<dyn Transport> = pool.connected[name].clone();
@@ -355,62 +466,178 @@ async fn run_session(
     if running.is_empty() {
         bail!("no observer could be started");
     }
-    eprintln!(
-        "session {session}: {} observer(s) running for {}",
-        running.len(),
-        humantime::format_duration(args.duration)
-    );
-
+    announce(session, running.len(), args.duration);
     // The user's steps (steps.yaml) start once observers are up (executor/steps.rs).
-    let live = running.iter().map(|(n, _)| n.clone()).collect();
-    let user = crate::executor::steps::run_steps(inv, &pool.connected, &live).await;
-    for (h, why) in &user.failed {
-        recap.set(h, HostOutcome::Failed(why.clone()));
-    }
-
-    let interrupted = watch_session(args.duration, &collector, &prober, &mut running, recap).await;
-
+    let user = start_user_steps(inv, pool, running.iter().map(|(n, _)| n.clone()), recap).await;
+    let interrupted = watch_session(args.duration, collector, prober, &mut running, recap).await;
     crate::executor::steps::stop_started(inv, &pool.connected, &user.started_on).await;
     let _ = stop_tx.send(true);
     let ends = join_all(running.into_iter().map(|(_, h)| h)).await;
     for end in ends.into_iter().flatten() {
         note_observer_end(recap, &end);
     }
-    let (sync, prober_err) = prober.stop().await;
-    if !prober_err.trim().is_empty() {
-        eprintln!(
-            "timesync prober: {}",
-            crate::executor::clocks::last_lines(&prober_err, 3)
+    Ok(interrupted)
+}
+
+/// Redis bus: observers as daemons writing their own streams, on leases latplan renews
+/// (executor::observe_redis). Returns whether the session was interrupted, and the bus side to
+/// finish once the collector has.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the session's context, one call site"
+)]
+async fn observe_over_redis(
+    args: &Args,
+    inv: &Inventory,
+    pool: &Pool,
+    session: &str,
+    observed: &[String],
+    collector: &Arc<Collector>,
+    prober: &Prober,
+    recap: &mut Recap,
+) -> anyhow::Result<(bool, RedisObservers)> {
+    let bus = observe_redis::connect_bus(&inv.session.bus, inv.session.bus_password()?).await?;
+    let targets = observed
+        .iter()
+        .map(|name| {
+            let host = &inv.hosts[name];
+            observe_redis::Target {
+                name: name.clone(),
+                transport: pool.connected[name].clone(),
+                layout: Layout::of(host),
+                become_root: host.become_root,
+            }
+        })
+        .collect();
+    let (mut obs, failed) = RedisObservers::start(bus, collector, session, targets).await?;
+    for (h, why) in failed {
+        recap.set(&h, HostOutcome::Failed(why));
+    }
+    if obs.hosts().is_empty() {
+        bail!("no observer could be started");
+    }
+    announce(session, obs.hosts().len(), args.duration);
+    let user = start_user_steps(inv, pool, obs.hosts().iter().cloned(), recap).await;
+    let state_dir = args
+        .detached_child
+        .then(|| SessionDir::open(session))
+        .transpose()?;
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    let mut last = collector.counters().snapshot();
+    let mut lost: Vec<String> = Vec::new();
+    if let Some(d) = &state_dir {
+        detach::write_status(
+            d,
+            session,
+            "running",
+            obs.hosts(),
+            &last,
+            &last,
+            prober,
+            &lost,
         );
     }
-    store.insert_clock_fits(session_id, &sync.fits).await?;
-    join_all(
-        reflectors
-            .into_iter()
-            .map(|r| r.stop(Duration::from_secs(5))),
-    )
-    .await;
-    let collector =
-        Arc::try_unwrap(collector).map_err(|_| anyhow::anyhow!("collector still shared"))?;
-    let collected = collector.finish().await?;
-    let status = if interrupted {
-        "interrupted"
-    } else {
-        "completed"
+    let end = session_end(args.duration);
+    tokio::pin!(end);
+    let interrupted = loop {
+        tokio::select! {
+            i = &mut end => break i,
+            _ = tick.tick() => {
+                let now = collector.counters().snapshot();
+                eprintln!("{}", progress_line(started.elapsed(), &now, &last, prober));
+                if let Some(d) = &state_dir {
+                    detach::write_status(d, session, "running", obs.hosts(), &now, &last, prober, &lost);
+                }
+                last = now;
+                for h in obs.silent_hosts().await {
+                    if !lost.contains(&h) {
+                        let why = "the observer's heartbeat expired: host lost or observer ended (see install_dir/run/observer.log)";
+                        eprintln!("{h}: {why}");
+                        recap.set(&h, HostOutcome::Failed(why.into()));
+                        lost.push(h);
+                    }
+                }
+                if lost.len() == obs.hosts().len() {
+                    eprintln!("every observer has ended; stopping the session early");
+                    break false;
+                }
+            }
+        }
     };
-    store.end_session(session_id, status).await?;
-    store.close().await;
-    let c = &collected.counters;
+    crate::executor::steps::stop_started(inv, &pool.connected, &user.started_on).await;
+    let counters = collector.counters();
+    if let Some(d) = &state_dir {
+        let now = counters.snapshot();
+        detach::write_status(
+            d,
+            session,
+            "stopping",
+            obs.hosts(),
+            &now,
+            &last,
+            prober,
+            &lost,
+        );
+    }
+    for h in obs.stop(&counters, Duration::from_secs(30)).await {
+        if !lost.contains(&h) {
+            recap.set(
+                &h,
+                HostOutcome::Failed(
+                    "no goodbye from the observer: the last records may be missing (see gaps)"
+                        .into(),
+                ),
+            );
+        }
+    }
+    Ok((interrupted, obs))
+}
+
+/// Runs the user's steps on the hosts whose observers are running; a host whose step fails is
+/// failed in the recap (its observer keeps running; the others go on).
+async fn start_user_steps(
+    inv: &Inventory,
+    pool: &Pool,
+    live: impl Iterator<Item = String>,
+    recap: &mut Recap,
+) -> crate::executor::steps::StepsOutcome {
+    let live = live.collect();
+    let user = crate::executor::steps::run_steps(inv, &pool.connected, &live).await;
+    for (h, why) in &user.failed {
+        recap.set(h, HostOutcome::Failed(why.clone()));
+    }
+    user
+}
+
+fn announce(session: &str, observers: usize, duration: Duration) {
     eprintln!(
-        "collected {} records ({} duplicates ignored), {} missing in {} gap(s), {} dropped by observers, {} undecodable frames",
-        c.records,
-        c.duplicates,
-        collected.missing_records(),
-        collected.gaps.len(),
-        c.drops(),
-        c.decode_errors
+        "session {session}: {observers} observer(s) running for {}",
+        humantime::format_duration(duration)
     );
-    Ok(())
+}
+
+/// Ends after `duration`, or earlier on Ctrl-C or SIGTERM (`latplan stop`): true when early.
+async fn session_end(duration: Duration) -> bool {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            tokio::time::sleep(duration).await;
+            return false;
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => false,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: stopping observers and collecting what they have");
+            true
+        }
+        _ = term.recv() => {
+            eprintln!("asked to stop: stopping observers and collecting what they have");
+            true
+        }
+    }
 }
 
 /// Runs until the duration is over or Ctrl-C, printing progress every few seconds and noting
@@ -423,17 +650,14 @@ async fn watch_session(
     recap: &mut Recap,
 ) -> bool {
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + duration;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
     let mut last = collector.counters().snapshot();
+    let end = session_end(duration);
+    tokio::pin!(end);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return false,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("interrupted: stopping observers and collecting what they have");
-                return true;
-            }
+            i = &mut end => return i,
             _ = tick.tick() => {
                 let now = collector.counters().snapshot();
                 eprintln!("{}", progress_line(started.elapsed(), &now, &last, prober));
@@ -465,7 +689,6 @@ fn progress_line(
     last: &crate::collector::Snapshot,
     prober: &Prober,
 ) -> String {
-    let sync = prober.state.lock().expect("sync state");
     let mut parts = vec![format!(
         "[{:>4}s] {} records ({:.0}/s), {} dropped, {} missing",
         elapsed.as_secs(),
@@ -480,13 +703,18 @@ fn progress_line(
             / now.at.duration_since(last.at).as_secs_f64().max(1e-3);
         parts.push(format!("{h} {rate:.0}/s drops {}", c.drops()));
     }
-    let worst = sync
-        .latest
+    parts.push(format!("sync ±{:.1}µs", worst_sync_us(prober)));
+    parts.join(" | ")
+}
+
+/// The worst error bound of the latest clock fits, µs.
+fn worst_sync_us(prober: &Prober) -> f64 {
+    let sync = prober.state.lock().expect("sync state");
+    sync.latest
         .values()
         .map(|f| f.error_bound_ns)
-        .fold(0.0, f64::max);
-    parts.push(format!("sync ±{:.1}µs", worst / 1e3));
-    parts.join(" | ")
+        .fold(0.0, f64::max)
+        / 1e3
 }
 
 fn note_observer_end(recap: &mut Recap, end: &ObserverEnd) {

@@ -9,6 +9,8 @@ mod import;
 mod inventory;
 mod plan;
 pub mod report;
+mod status;
+mod stop;
 mod teardown;
 
 use std::ffi::OsString;
@@ -104,6 +106,10 @@ subcommands! {
     Teardown(teardown::Args),
     /// Analyse a stored session: the latency breakdown as a table, JSON, CSV or HTML.
     Report(report::Args),
+    /// Show detached sessions: state, and per host records/s, drops, missing, sync error.
+    Status(status::Args),
+    /// End a detached session: final collection, analysis, the report.
+    Stop(stop::Args),
 }
 
 /// latplan: where network-flow latency is spent, across metal, VMs and containers.

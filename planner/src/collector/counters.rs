@@ -25,6 +25,8 @@ pub struct HostCounters {
     pub decode_errors: u64,
     /// The observer's CPU use in its last stats frame, percent of one core.
     pub cpu_percent: f64,
+    /// Goodbye frames received: observer runs that ended and flushed (Redis mode waits on it).
+    pub byes: u64,
 }
 
 impl HostCounters {
@@ -127,6 +129,10 @@ impl Counters {
         self.host(host, |h| {
             h.counters.missing = h.counters.missing + after - before
         });
+    }
+
+    pub(crate) fn bye(&self, host: &str) {
+        self.host(host, |h| h.counters.byes += 1);
     }
 
     pub(crate) fn decode_error(&self, host: &str) {

@@ -50,6 +50,16 @@ pub fn status_key(session: &str, host: &str) -> String {
     format!("latplan:{session}:{host}:status")
 }
 
+/// The Redis-mode lease (docs/session.md): latplan renews it (`run`, with a TTL) while the session
+/// runs and sets it to `stop` at the end; the observer only reads it.
+pub fn lease_key(session: &str, host: &str) -> String {
+    format!("latplan:{session}:{host}:lease")
+}
+
+/// TTL of a lease key, renewed every [`crate::session::HEARTBEAT_SECONDS`]: once latplan is gone
+/// the key vanishes after this, and the observer detaches its own lease later.
+pub const LEASE_KEY_TTL_SECS: u64 = 6;
+
 pub fn acl_user(session: &str, host: &str) -> String {
     format!("latplan-{session}-{host}")
 }
@@ -86,6 +96,9 @@ pub struct ObserverRedisConfig {
     /// PEM CA certificate for `rediss://` with a private CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_pem: Option<String>,
+    /// The lease key the observer polls ([`lease_key`]); without it the lease is stdin's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_key: Option<String>,
 }
 
 impl std::fmt::Debug for ObserverRedisConfig {
@@ -220,6 +233,7 @@ impl RedisBus {
             maxlen,
             status_ttl_secs: 10,
             ca_pem: self.ca_pem.clone(),
+            lease_key: Some(lease_key(session, host)),
         })
     }
 
@@ -231,19 +245,23 @@ impl RedisBus {
         password: &Secret,
     ) -> Result<(), CollectError> {
         let mut c = self.conn().await?;
-        let pattern = format!("~latplan:{session}:{host}:*");
         let pass = format!(">{}", password.expose());
+        // Its stream and heartbeat read-write; its lease read-only (`%R~`), so an observer can
+        // never extend its own lease.
         let r = redis::cmd("ACL")
             .arg("SETUSER")
             .arg(user)
             .arg("reset")
             .arg("on")
             .arg(pass)
-            .arg(pattern)
+            .arg(format!("~{}", stream_key(session, host)))
+            .arg(format!("~{}", status_key(session, host)))
+            .arg(format!("%R~{}", lease_key(session, host)))
             .arg("resetchannels")
             .arg("-@all")
             .arg("+xadd")
             .arg("+set")
+            .arg("+get")
             .arg("+expire")
             .arg("+ping")
             .query_async::<()>(&mut c)
@@ -294,6 +312,39 @@ impl RedisBus {
             .map_err(redis_err("delete an observer account"))
     }
 
+    /// Renews the leases of `hosts` (value `run`, TTL [`LEASE_KEY_TTL_SECS`]) in one round trip.
+    pub async fn renew_leases(&self, session: &str, hosts: &[String]) -> Result<(), CollectError> {
+        self.set_leases(session, hosts, "run").await
+    }
+
+    /// Asks the observers of `hosts` to detach, flush, say goodbye and exit (value `stop`).
+    pub async fn stop_leases(&self, session: &str, hosts: &[String]) -> Result<(), CollectError> {
+        self.set_leases(session, hosts, "stop").await
+    }
+
+    async fn set_leases(
+        &self,
+        session: &str,
+        hosts: &[String],
+        value: &str,
+    ) -> Result<(), CollectError> {
+        let mut p = redis::pipe();
+        for h in hosts {
+            p.cmd("SET")
+                .arg(lease_key(session, h))
+                .arg(value)
+                .arg("EX")
+                .arg(LEASE_KEY_TTL_SECS)
+                .ignore();
+        }
+        let mut c = self.conn().await?;
+        let r = p.query_async::<()>(&mut c).await;
+        if r.is_err() {
+            self.reset().await;
+        }
+        r.map_err(redis_err("renew the observers' leases"))
+    }
+
     /// Deletes the stream and status keys of `host` (after collection finished).
     pub async fn delete_keys(&self, session: &str, host: &str) -> Result<(), CollectError> {
         check_name("session", session)?;
@@ -302,6 +353,7 @@ impl RedisBus {
         redis::cmd("DEL")
             .arg(stream_key(session, host))
             .arg(status_key(session, host))
+            .arg(lease_key(session, host))
             .query_async::<()>(&mut c)
             .await
             .map_err(redis_err("delete a host's keys"))
@@ -759,6 +811,7 @@ mod tests {
             maxlen: 10,
             status_ttl_secs: 10,
             ca_pem: None,
+            lease_key: None,
         };
         let line = c.to_stdin_line();
         assert!(line.ends_with('\n') && line.trim_end().lines().count() == 1);

@@ -171,7 +171,10 @@ impl Writer {
                 self.counters.observer_stats(&host, run_id, &s);
                 self.batch.stats.push((run_id, s));
             }
-            Frame::Bye(b) => self.batch.byes.push((run_id, b)),
+            Frame::Bye(b) => {
+                self.counters.bye(&host);
+                self.batch.byes.push((run_id, b));
+            }
             Frame::Hello(_) => unreachable!("handled above"),
         }
         Ok(())

@@ -6,6 +6,7 @@
 pub mod clocks;
 pub mod converge;
 pub mod observe;
+pub mod observe_redis;
 pub mod recap;
 pub mod steps;
 pub mod teardown;

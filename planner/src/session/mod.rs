@@ -1,9 +1,12 @@
 //! What a measurement session puts on each host, decided from the inventory alone (no I/O):
 //! where files go, the observer's configuration, the clock domains and who answers for each.
+//! The one exception, [`state`], keeps detached sessions' local files.
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use serde_json::json;
+
+pub mod state;
 
 use crate::inventory::{DEFAULT_INSTALL_DIR, Host, Inventory, Kind};
 use crate::transport::shell::{quote, quote_path};
@@ -56,6 +59,22 @@ impl Layout {
             pid = quote_path(&self.pid_file("observer")),
             bin = quote_path(&self.bin("observer")),
             cfg = quote_path(&self.observer_config()),
+        )
+    }
+
+    /// Redis mode: the observer reads its Redis settings line on stdin, attaches, then leaves the
+    /// channel (a daemon with its own session, PID file and 0600 log under `run/`); it lives on
+    /// the lease key latplan renews. Prints the daemon's PID; exits 1 with the log's tail if the
+    /// start failed.
+    pub fn observer_daemon_command(&self, session: &str) -> String {
+        format!(
+            "mkdir -p {run} && exec {bin} run --config {cfg} --session {session} --daemon --log {log} --pid-file {pid}",
+            session = quote(session),
+            run = quote_path(&self.run_dir()),
+            pid = quote_path(&self.pid_file("observer")),
+            bin = quote_path(&self.bin("observer")),
+            cfg = quote_path(&self.observer_config()),
+            log = quote_path(&self.run_dir().join("observer.log")),
         )
     }
 
@@ -156,6 +175,8 @@ pub fn observer_config(inv: &Inventory, host: &Host) -> serde_json::Value {
             "min_interval_us": s.interval_ns / 1000,
         },
         "lease_seconds": OBSERVER_LEASE_SECONDS,
+        // Redis mode: the stream, heartbeat and lease keys and the account come on stdin.
+        "sink": if inv.session.bus == "ssh" { "stdout" } else { "redis" },
     })
 }
 

@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 
 use labtools::testlab::{self, lab_inventory, lock_lab, ns_command, require_lab};
 
+mod redis_apply;
+mod redis_observer;
 mod steps;
 
 const LATPLAN: &str = env!("CARGO_BIN_EXE_latplan");
 const HOSTS: [&str; 4] = ["metal1", "metal2", "vm1", "vm2"];
 
-fn latplan(args: &[&str]) -> Output {
+pub fn latplan(args: &[&str]) -> Output {
     Command::new(LATPLAN)
         .args(args)
         .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
@@ -20,7 +22,7 @@ fn latplan(args: &[&str]) -> Output {
         .expect("run latplan")
 }
 
-fn text(o: &Output) -> String {
+pub fn text(o: &Output) -> String {
     format!(
         "{}\n--- stderr ---\n{}",
         String::from_utf8_lossy(&o.stdout),
@@ -69,10 +71,10 @@ fn our_processes() -> Vec<String> {
 }
 
 /// A bulk TCP flow from the container on metal1 to the VM on metal2, across the wan relay.
-struct Traffic(Vec<Child>);
+pub struct Traffic(Vec<Child>);
 
 impl Traffic {
-    fn start(seconds: u32, rate: &str) -> Traffic {
+    pub fn start(seconds: u32, rate: &str) -> Traffic {
         let bin = lab_traffic();
         let bin = bin.to_str().unwrap();
         let recv = ns_command("lp-vm2", &[bin, "tcp-recv", "--listen", "10.77.2.2:5201"])
@@ -110,7 +112,7 @@ impl Drop for Traffic {
     }
 }
 
-fn assert_clean(when: &str) {
+pub fn assert_clean(when: &str) {
     assert!(
         our_programs().is_empty(),
         "{when}: programs of ours still loaded: {:?}",
@@ -132,15 +134,16 @@ fn assert_clean(when: &str) {
 
 /// A test's hold on the lab: the lab lock, nothing of ours on the hosts (teardown first), and a
 /// fresh SQLite store for the session.
-struct Fresh {
+pub struct Fresh {
     _lab: testlab::LabLock,
-    inv: String,
+    pub inv: String,
     store: String,
     _db: tempfile::TempDir,
 }
 
 impl Fresh {
-    fn new() -> Fresh {
+    /// Takes the lab (lock), tears down what a previous run left, and makes a fresh store.
+    pub fn take() -> Fresh {
         require_lab();
         let lab = lock_lab();
         let inv = lab_inventory().to_str().unwrap().to_string();
@@ -159,7 +162,7 @@ impl Fresh {
 
 #[test]
 fn apply_measures_every_segment_then_teardown_leaves_nothing() {
-    let f = Fresh::new();
+    let f = Fresh::take();
     let (inv, store) = (f.inv.as_str(), f.store.as_str());
     assert_clean("before apply");
     let links_before = root_links();
@@ -228,7 +231,7 @@ fn apply_measures_every_segment_then_teardown_leaves_nothing() {
 
 #[test]
 fn a_manager_killed_mid_session_leaves_observers_that_expire_and_teardown_cleans() {
-    let f = Fresh::new();
+    let f = Fresh::take();
     let (inv, store) = (f.inv.as_str(), f.store.as_str());
     let mut apply = spawn_apply(inv, "120s", store, false);
     wait_for_observer("metal1", &mut apply);
@@ -310,7 +313,7 @@ fn root_links() -> Vec<String> {
 
 #[test]
 fn a_host_lost_mid_session_is_reported_and_the_others_finish() {
-    let f = Fresh::new();
+    let f = Fresh::take();
     let (inv, store) = (f.inv.as_str(), f.store.as_str());
     let _traffic = Traffic::start(40, "10M");
     let mut apply = spawn_apply(inv, "20s", store, true);
@@ -356,4 +359,28 @@ fn a_host_lost_mid_session_is_reported_and_the_others_finish() {
     let t = latplan(&["teardown", inv]);
     assert!(t.status.success(), "{}", text(&t));
     assert_clean("after teardown");
+}
+
+/// Redis at 127.0.0.1:6379, as ci/setup starts it.
+pub fn require_redis() {
+    let ok = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379", "ping"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"));
+    assert!(
+        ok,
+        "Redis is not answering at 127.0.0.1:6379: run ci/setup (it starts redis-server)"
+    );
+}
+
+/// Polls `cond` every 100 ms for at most `limit`; fails naming `what`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -104,7 +104,7 @@ fn wait_gone(when: &str) {
 
 #[test]
 fn a_step_starts_traffic_in_a_container_the_report_shows_it_and_teardown_kills_it() {
-    let f = Fresh::new();
+    let f = Fresh::take();
     let inv_dir = inventory_with_steps();
     let inv = inv_dir.path().to_str().unwrap();
     assert!(

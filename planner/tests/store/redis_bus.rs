@@ -1,7 +1,7 @@
 //! Redis mode: per-host ACL accounts, observers' sinks, consumer group into MariaDB.
 use std::time::Duration;
 
-use planner::collector::redis::{DEFAULT_MAXLEN, RedisSource, status_key, stream_key};
+use planner::collector::redis::{DEFAULT_MAXLEN, RedisSource, lease_key, status_key, stream_key};
 use planner::collector::synthetic::SyntheticObserver;
 use planner::collector::{Collector, CollectorConfig};
 use std::path::PathBuf;
@@ -112,7 +112,16 @@ async fn an_observer_account_is_confined_to_its_own_keys() {
         .query_async(&mut c)
         .await;
     assert!(ok.is_ok(), "{ok:?}");
-    let denied: [(&str, Vec<String>); 7] = [
+    // Its lease it may read (latplan renews it), never write.
+    bus.renew_leases(session, &["a".to_string()]).await.unwrap();
+    let lease: redis::RedisResult<Option<String>> = redis::cmd("GET")
+        .arg(lease_key(session, "a"))
+        .query_async(&mut c)
+        .await;
+    assert_eq!(lease.unwrap().as_deref(), Some("run"));
+    let denied: [(&str, Vec<String>); 9] = [
+        ("SET", vec![lease_key(session, "a"), "run".into()]),
+        ("GET", vec![lease_key(session, "b")]),
         (
             "XADD",
             vec![stream_key(session, "b"), "*".into(), "f".into(), "x".into()],

@@ -296,7 +296,7 @@ fn a_slow_reader_leaves_bytes_waiting_in_its_receive_queue() {
     let s = lab.session(&SessionSpec {
         name: "slow-reader",
         flows: &[slow],
-        sample_size: 8192,
+        sample_size: 65536,
         duration: "8s",
         capture_wan: false,
         vm1_on_metal1_clock: false,

@@ -3,7 +3,7 @@
 //! Lab tests never skip: if the lab is not up they fail and say how to bring it up.
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// Where ci/ keeps the lab's keys, PIDs and per-host directories.
 pub fn state_dir() -> PathBuf {
@@ -179,6 +179,38 @@ impl Drop for RelayRestore {
             if let Err(e) = ctl::request(&relay_socket(&self.name), &req) {
                 eprintln!("could not restore relay {}: {e:#}", self.name);
             }
+        }
+    }
+}
+
+/// Runs the `latplan` binary under test (`env!("CARGO_BIN_EXE_latplan")` in the planner's tests)
+/// with the test artifacts and no stdin, and returns its output.
+pub fn run_latplan(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .env("LATPLAN_ARTIFACTS", artifacts_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run latplan")
+}
+
+/// A finished command's stdout and stderr, for assertion messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Processes a test started (traffic generators): killed and reaped when dropped.
+pub struct Children(pub Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The lab as the accuracy tests use it: the lock, a clean slate, a scratch store and inventory,
 //! traffic, relay settings, and real `latplan apply` + `latplan report` runs.
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use labtools::relay::Dir;
@@ -16,20 +16,11 @@ pub const LATPLAN: &str = env!("CARGO_BIN_EXE_latplan");
 const PORTS: &str = "[5201, 5202, 5203]";
 
 fn latplan(args: &[&str]) -> Output {
-    Command::new(LATPLAN)
-        .args(args)
-        .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run latplan")
+    testlab::run_latplan(LATPLAN, args)
 }
 
 pub fn text(o: &Output) -> String {
-    format!(
-        "{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    testlab::output_text(o)
 }
 
 fn lab_traffic() -> String {
@@ -56,16 +47,16 @@ pub struct Flow {
 }
 
 /// Running flows; killed when dropped (also when a test fails).
-struct Traffic(Vec<Child>);
+struct Traffic(testlab::Children);
 
 impl Traffic {
     fn start(flows: &[Flow]) -> Traffic {
         let bin = lab_traffic();
-        let mut t = Traffic(Vec::new());
+        let mut t = Traffic(testlab::Children(Vec::new()));
         for f in flows {
             let mut argv = vec![bin.as_str(), "tcp-recv", "--listen", f.to];
             argv.extend_from_slice(f.recv);
-            t.0.push(
+            t.0.0.push(
                 ns_command(f.to_netns, &argv)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -84,7 +75,7 @@ impl Traffic {
                 "600s",
             ];
             argv.extend_from_slice(f.send);
-            t.0.push(
+            t.0.0.push(
                 // Killed at the end of the session: its complaint about that is noise.
                 ns_command(f.from_netns, &argv)
                     .stdout(Stdio::null())
@@ -94,15 +85,6 @@ impl Traffic {
             );
         }
         t
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 

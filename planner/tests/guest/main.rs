@@ -3,7 +3,7 @@
 //! takes it down at the end, whatever happens. Needs root, qemu-system-x86 and the guest assets
 //! (ci/setup installs and builds them; `ci/lab up` builds missing assets itself).
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use labtools::testlab::{self, lock_lab, ns_command, workspace_root};
@@ -25,20 +25,11 @@ fn guest_lab_dir() -> PathBuf {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    testlab::output_text(o)
 }
 
 fn latplan(args: &[&str]) -> Output {
-    Command::new(LATPLAN)
-        .args(args)
-        .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run latplan")
+    testlab::run_latplan(LATPLAN, args)
 }
 
 fn ci_lab(args: &[&str]) -> Output {
@@ -209,7 +200,9 @@ fn independent_offset(ssh: &GuestSsh, tries: usize) -> (i64, f64, f64) {
 /// Traffic both ways on the sampled port 5201, lab-traffic at both ends: the metal sends to the
 /// guest and the guest to the metal (the static build from the artifacts directory is copied into
 /// the guest's /tmp), paced so the tcg guest keeps up. The guest's processes end with the guest.
-struct Traffic(Vec<Child>);
+struct Traffic {
+    _running: testlab::Children,
+}
 
 impl Traffic {
     fn start(ssh: &GuestSsh, seconds: u32) -> Traffic {
@@ -252,15 +245,8 @@ impl Traffic {
         .stdout(Stdio::null())
         .spawn()
         .expect("start the metal's sender");
-        Traffic(vec![send, recv])
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
+        Traffic {
+            _running: testlab::Children(vec![send, recv]),
         }
     }
 }

@@ -14,20 +14,11 @@ const LATPLAN: &str = env!("CARGO_BIN_EXE_latplan");
 const HOSTS: [&str; 4] = ["metal1", "metal2", "vm1", "vm2"];
 
 pub fn latplan(args: &[&str]) -> Output {
-    Command::new(LATPLAN)
-        .args(args)
-        .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run latplan")
+    testlab::run_latplan(LATPLAN, args)
 }
 
 pub fn text(o: &Output) -> String {
-    format!(
-        "{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    testlab::output_text(o)
 }
 
 fn install_dir(host: &str) -> PathBuf {
@@ -71,7 +62,7 @@ fn our_processes() -> Vec<String> {
 }
 
 /// A bulk TCP flow from the container on metal1 to the VM on metal2, across the wan relay.
-pub struct Traffic(Vec<Child>);
+pub struct Traffic(testlab::Children);
 
 impl Traffic {
     pub fn start(seconds: u32, rate: &str) -> Traffic {
@@ -99,16 +90,7 @@ impl Traffic {
         .stdout(Stdio::null())
         .spawn()
         .expect("start the sender");
-        Traffic(vec![send, recv])
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        Traffic(testlab::Children(vec![send, recv]))
     }
 }
 

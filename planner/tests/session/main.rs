@@ -62,7 +62,9 @@ fn our_processes() -> Vec<String> {
 }
 
 /// A bulk TCP flow from the container on metal1 to the VM on metal2, across the wan relay.
-pub struct Traffic(testlab::Children);
+pub struct Traffic {
+    _running: testlab::Children,
+}
 
 impl Traffic {
     pub fn start(seconds: u32, rate: &str) -> Traffic {
@@ -90,7 +92,9 @@ impl Traffic {
         .stdout(Stdio::null())
         .spawn()
         .expect("start the sender");
-        Traffic(testlab::Children(vec![send, recv]))
+        Traffic {
+            _running: testlab::Children(vec![send, recv]),
+        }
     }
 }
 

@@ -156,10 +156,10 @@ fn a_step_starts_traffic_in_a_container_the_report_shows_it_and_teardown_kills_i
     );
     let t = latplan(&["teardown", inv]);
     assert!(t.status.success(), "{}", text(&t));
-    // The receiver on vm2 is still waiting for its one connection or reading it, whatever became
-    // of the sender, so it is the step teardown must be seen to stop.
+    // At least one of the pair is still running (the pair ends together once one side goes: the
+    // receiver reads one connection to its end), and teardown must be seen stopping it.
     assert!(
-        text(&t).contains("step:vm2.recv("),
+        text(&t).contains("step:ct1.send(") || text(&t).contains("step:vm2.recv("),
         "teardown says it stopped the step: {}",
         text(&t)
     );

@@ -365,17 +365,19 @@ async fn run_session(
         .filter(|h| facts.contains_key(*h))
         .map(str::to_string)
         .collect();
+    let ctx = Observing {
+        args,
+        inv,
+        pool,
+        session,
+        observed: &observed,
+        collector: &collector,
+        prober: &prober,
+    };
     let (interrupted, redis) = if inv.session.bus == "ssh" {
-        let i = observe_over_ssh(
-            args, inv, pool, session, &observed, &collector, &prober, recap,
-        )
-        .await?;
-        (i, None)
+        (observe_over_ssh(ctx, recap).await?, None)
     } else {
-        let (i, r) = observe_over_redis(
-            args, inv, pool, session, &observed, &collector, &prober, recap,
-        )
-        .await?;
+        let (i, r) = observe_over_redis(ctx, recap).await?;
         (i, Some(r))
     };
     // `latplan stop` is how a detached session ends normally.
@@ -420,22 +422,30 @@ async fn run_session(
     Ok(())
 }
 
+/// What both observer phases work with: the session's context, borrowed from `run`.
+#[derive(Clone, Copy)]
+struct Observing<'a> {
+    args: &'a Args,
+    inv: &'a Inventory,
+    pool: &'a Pool,
+    session: &'a str,
+    observed: &'a [String],
+    collector: &'a Arc<Collector>,
+    prober: &'a Prober,
+}
+
 /// SSH bus: each observer in the foreground of its channel, records on its stdout. Returns
 /// whether the session was interrupted; every observer has ended when it returns.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the session's context, one call site"
-)]
-async fn observe_over_ssh(
-    args: &Args,
-    inv: &Inventory,
-    pool: &Pool,
-    session: &str,
-    observed: &[String],
-    collector: &Arc<Collector>,
-    prober: &Prober,
-    recap: &mut Recap,
-) -> anyhow::Result<bool> {
+async fn observe_over_ssh(ctx: Observing<'_>, recap: &mut Recap) -> anyhow::Result<bool> {
+    let Observing {
+        args,
+        inv,
+        pool,
+        session,
+        observed,
+        collector,
+        prober,
+    } = ctx;
     let (stop_tx, stop_rx) = watch::channel(false);
     let starts = observed.iter().map(|name| {
         let host = &inv.hosts[name];
@@ -482,20 +492,19 @@ async fn observe_over_ssh(
 /// Redis bus: observers as daemons writing their own streams, on leases latplan renews
 /// (executor::observe_redis). Returns whether the session was interrupted, and the bus side to
 /// finish once the collector has.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the session's context, one call site"
-)]
 async fn observe_over_redis(
-    args: &Args,
-    inv: &Inventory,
-    pool: &Pool,
-    session: &str,
-    observed: &[String],
-    collector: &Arc<Collector>,
-    prober: &Prober,
+    ctx: Observing<'_>,
     recap: &mut Recap,
 ) -> anyhow::Result<(bool, RedisObservers)> {
+    let Observing {
+        args,
+        inv,
+        pool,
+        session,
+        observed,
+        collector,
+        prober,
+    } = ctx;
     let bus = observe_redis::connect_bus(&inv.session.bus, inv.session.bus_password()?).await?;
     let targets = observed
         .iter()

@@ -17,6 +17,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub enum CaptureError {
     #[error("failed to read the capture: {0}")]
     Pcap(#[from] pcap_file::PcapError),
+    #[error("failed to read the capture: {0}")]
+    Io(#[from] std::io::Error),
     #[error("unsupported capture link type {0:?} (expected Ethernet, raw IP or Linux cooked)")]
     LinkType(DataLink),
 }
@@ -38,9 +40,17 @@ pub struct Capture {
     pub skipped: u64,
 }
 
-/// Reads a pcap stream (microsecond or nanosecond timestamps).
-pub fn read_capture(r: impl Read) -> Result<Capture, CaptureError> {
-    let mut reader = PcapReader::new(r)?;
+/// Reads a pcap stream (microsecond or nanosecond timestamps), whole or cut to a snap length.
+pub fn read_capture(mut r: impl Read) -> Result<Capture, CaptureError> {
+    let mut bytes = Vec::new();
+    r.read_to_end(&mut bytes)?;
+    // pcap-file refuses a record whose original length exceeds the file's snap length, which is
+    // every cut record of a capture taken with `-s N`; the cut costs nothing here (payload
+    // lengths come from the IP header), so the header's snap length is raised before parsing.
+    if let Some(snaplen) = bytes.get_mut(16..20) {
+        snaplen.fill(0xff);
+    }
+    let mut reader = PcapReader::new(&bytes[..])?;
     let link = reader.header().datalink;
     if !matches!(
         link,
@@ -385,5 +395,36 @@ mod tests {
             (7, 100, 5201)
         );
         assert!(read_capture(&b"not a pcap file at all"[..]).is_err());
+    }
+
+    /// What `tcpdump -s 96` writes: a snap length of 96 and records cut to it.
+    fn cut_pcap(packets: &[(u64, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in [0xa1b2_3c4du32, 0x0004_0002, 0, 0, 96, 1] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for (t, data) in packets {
+            let cut = &data[..data.len().min(96)];
+            for v in [
+                (*t / 1_000_000_000) as u32,
+                (*t % 1_000_000_000) as u32,
+                cut.len() as u32,
+                data.len() as u32,
+            ] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(cut);
+        }
+        out
+    }
+
+    #[test]
+    fn a_capture_cut_to_a_snap_length_keeps_the_payload_lengths() {
+        let cap = read_capture(
+            &cut_pcap(&[(5, frame(1000, 1448, false)), (9, frame(2448, 20, true))])[..],
+        )
+        .unwrap();
+        let got: Vec<_> = cap.packets.iter().map(|p| (p.seq, p.len, p.t_ns)).collect();
+        assert_eq!(got, [(1000, 1448, 5), (2448, 20, 9)]);
     }
 }

@@ -36,11 +36,17 @@ impl Tcpdump {
         let file = dir.join(format!("{tag}-{netns}.pcap"));
         let log = dir.join(format!("{tag}-{netns}.log"));
         // Nanosecond stamps; `-j host` is the only stamp type a veth offers (no adapter clock);
-        // a large buffer so the capture itself drops nothing. Whole packets: pcap-file refuses
-        // records whose original length exceeds the file's snap length.
+        // a large buffer so the capture itself drops nothing. Headers only (`-s 128`): libpcap's
+        // TPACKET_V3 ring wakes tcpdump from inside the packet path whenever a 256 KiB block
+        // fills, and that wake-up (an IPI to an idle vCPU on a virtual machine) lands between
+        // the capture's stamp and ours and cost 20–70 µs; with whole 1 KiB packets a block filled
+        // every ~200 packets, about 1 % of bytes on each end — the capture's own disturbance, as
+        // large as the 99 % criterion's margin. Cut records hold 6× more per block.
         let child = Command::new("ip")
             .args(["netns", "exec", netns, "tcpdump", "-i", "wan0", "-n"])
             .args([
+                "-s",
+                "128",
                 "-B",
                 "16384",
                 "-j",
@@ -190,18 +196,52 @@ pub fn stored_session(store: &str, name: &str) -> SessionData<Vec<TaggedSample>>
 
 /// How the named segment's per-byte values agree with the captures, and the median of
 /// (segment − capture) over the matched bytes (the systematic part of the difference).
+/// Prints the bytes outside the tolerance with their capture times and the session's clock
+/// fits, so a failure shows whether the misses cluster in time (a fit) or not (stamping).
 pub fn agreement(
     data: SessionData<Vec<TaggedSample>>,
     segment: &str,
     truth: &OneWayTimes,
     tolerance_ns: i64,
 ) -> (Agreement, i64) {
+    for f in &data.fits {
+        eprintln!(
+            "  fit {} from {} offset {:.1} µs drift {:.3} ppm bound {:.1} µs samples {} min delay {:.1} µs",
+            f.domain,
+            f.valid_from_host_ns,
+            f.offset_ns / 1e3,
+            f.drift_ppm,
+            f.error_bound_ns / 1e3,
+            f.samples,
+            f.min_delay_ns as f64 / 1e3
+        );
+    }
     let values = analysis::segment_values(data, |_, n| n == segment);
     let a = groundtruth::compare(values.of(segment), truth, tolerance_ns);
-    let mut diffs: Vec<i64> = values
+    let pairs: Vec<(i64, i64, i64)> = values
         .of(segment)
-        .filter_map(|(f, off, v)| truth.for_byte(&f, off as u32).map(|w| v - w.one_way_ns()))
+        .filter_map(|(f, off, v)| {
+            truth
+                .for_byte(&f, off as u32)
+                .map(|w| (w.sent_ns, v, w.one_way_ns()))
+        })
         .collect();
+    let start = pairs.iter().map(|p| p.0).min().unwrap_or(0);
+    let mut misses: Vec<_> = pairs
+        .iter()
+        .filter(|(_, v, w)| (v - w).abs() > tolerance_ns)
+        .collect();
+    misses.sort_unstable();
+    for (sent, v, w) in misses.iter().take(40) {
+        eprintln!(
+            "  miss at +{:.3} s: ours {:.1} µs, capture {:.1} µs, diff {:.1} µs",
+            (sent - start) as f64 / 1e9,
+            *v as f64 / 1e3,
+            *w as f64 / 1e3,
+            (v - w) as f64 / 1e3
+        );
+    }
+    let mut diffs: Vec<i64> = pairs.iter().map(|(_, v, w)| v - w).collect();
     diffs.sort_unstable();
     let median = diffs.get(diffs.len() / 2).copied().unwrap_or(0);
     (a, median)

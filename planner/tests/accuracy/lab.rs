@@ -228,6 +228,11 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // A failed run keeps its store and captures for a look afterwards.
+        if std::thread::panicking() || std::env::var_os("LATPLAN_KEEP_SCRATCH").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!("scratch kept: {}", self.dir.path().display());
+        }
         let inv = lab_inventory();
         let t = latplan(&["teardown", inv.to_str().unwrap()]);
         if !t.status.success() {

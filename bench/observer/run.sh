@@ -27,7 +27,11 @@ exec 9>"$STATE/test.lock"
 flock 9
 TMP=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for ns in lpo-snd lpo-rcv; do ip netns del "$ns" 2>/dev/null || true; done
+  rm -rf "$TMP"
+}
 trap cleanup EXIT
 
 start_obs() { # NETNS NAME ARGS...
@@ -52,14 +56,30 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 if part tcp; then
 echo "| benchmark | without | with observer | ratio |"
 echo "|---|---|---|---|"
-# wan: observers on both metals; direct veth: metal1's observer covers its container ct1.
-for path in wan veth; do
+# wan: observers on both metals; direct veth: metal1's observer covers its container ct1. Both
+# lab paths have TSO/GSO/GRO turned off (ci/lab), so every hook runs once per 1500-byte segment:
+# the worst case. "offloads": a scratch veth pair between two namespaces with the kernel's
+# defaults (TSO/GSO on), as a host's own stack sends, observers on both ends; "offloads-1ms" the
+# same with a 1 ms per-flow sampling interval (inventory `sampling.interval: 1ms`).
+ip netns add lpo-snd; ip netns add lpo-rcv
+ip -n lpo-snd link add vo-snd type veth peer name vo-rcv netns lpo-rcv
+ip -n lpo-snd addr add 10.75.0.1/30 dev vo-snd; ip -n lpo-rcv addr add 10.75.0.2/30 dev vo-rcv
+for ns in lpo-snd lpo-rcv; do ip -n "$ns" link set lo up; done
+ip -n lpo-snd link set vo-snd up; ip -n lpo-rcv link set vo-rcv up
+for path in wan veth offloads offloads-1ms; do
   : >"$TMP/none"; : >"$TMP/obs"
   for _ in $(seq "$ROUNDS"); do
     if [ $path = wan ]; then
       tcp_round lp-metal1 lp-metal2 10.78.0.2 >>"$TMP/none"
       start_obs lp-metal1 a --interfaces wan0 --ports 5201; start_obs lp-metal2 b --interfaces wan0 --ports 5201
       tcp_round lp-metal1 lp-metal2 10.78.0.2 >>"$TMP/obs"
+      stop_obs a; stop_obs b
+    elif [[ $path = offloads* ]]; then
+      extra=(); [ $path = offloads ] || extra=(--min-interval-us 1000)
+      tcp_round lpo-snd lpo-rcv 10.75.0.2 >>"$TMP/none"
+      start_obs lpo-snd a --interfaces vo-snd --ports 5201 "${extra[@]}"
+      start_obs lpo-rcv b --interfaces vo-rcv --ports 5201 "${extra[@]}"
+      tcp_round lpo-snd lpo-rcv 10.75.0.2 >>"$TMP/obs"
       stop_obs a; stop_obs b
     else
       tcp_round lp-metal1 lp-ct1 10.77.1.6 >>"$TMP/none"

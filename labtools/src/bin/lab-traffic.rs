@@ -1,8 +1,9 @@
-//! lab-traffic: TCP bulk sender/receiver and UDP flood for lab tests and demos (docs/lab.md).
+//! lab-traffic: TCP bulk sender/receiver and UDP flood for lab tests and demos, and a clock echo
+//! for checking time sync independently (docs/lab.md).
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use labtools::traffic;
 use labtools::units::{parse_duration_ns, parse_size};
+use labtools::{clockecho, traffic};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -69,6 +70,13 @@ enum Cmd {
         #[arg(long, default_value = "2s", value_parser = duration)]
         duration: Duration,
     },
+    /// Answers each UDP datagram with this host's CLOCK_MONOTONIC, for --duration.
+    ClockEcho {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        duration: Duration,
+    },
 }
 
 fn main() -> Result<()> {
@@ -110,6 +118,14 @@ fn main() -> Result<()> {
             pps,
         } => traffic::udp_flood(connect, size, duration, pps)?,
         Cmd::UdpSink { listen, duration } => traffic::udp_sink(listen, duration)?,
+        Cmd::ClockEcho { listen, duration } => {
+            let answered = clockecho::serve(listen, duration)?;
+            println!(
+                "{}",
+                serde_json::json!({"mode": "clock-echo", "answered": answered})
+            );
+            return Ok(());
+        }
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use labtools::clockecho;
 use labtools::testlab::{self, lock_lab, ns_command, workspace_root};
 
 const LATPLAN: &str = env!("CARGO_BIN_EXE_latplan");
@@ -140,61 +141,16 @@ impl Drop for GuestSsh {
     }
 }
 
-fn monotonic_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0);
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
+/// Where the guest's clock echo listens (`lab-traffic clock-echo`, started with the traffic).
+const CLOCK_ECHO: &str = "10.86.1.2:5399";
 
-/// The manager-minus-guest CLOCK_MONOTONIC difference, read independently of timesync: the guest's
-/// clock (`now at N nsecs` of /proc/timer_list is ktime_get(), CLOCK_MONOTONIC) read by a shell
-/// already running in the guest (dash's builtin `read`: no process to start under emulation),
-/// asked over SSH between two readings of the manager's. The guest read happened between them, so
-/// the difference lies within ±half that round trip of the midpoint; the narrowest of `tries` round
-/// trips is used. Returns (guest_ns, manager_minus_guest_ns, half_window_ns).
-fn independent_offset(ssh: &GuestSsh, tries: usize) -> (i64, f64, f64) {
-    use std::io::{BufRead, BufReader, Write};
-    let mut shell = ssh
-        .command("exec sh")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start a shell in the guest");
-    let mut input = shell.stdin.take().unwrap();
-    let mut output = BufReader::new(shell.stdout.take().unwrap());
-    let mut best: Option<(i64, f64, f64)> = None;
-    for _ in 0..tries {
-        let t1 = monotonic_ns();
-        input
-            .write_all(b"{ read -r a; read -r b; read -r c; } </proc/timer_list; echo \"$c\"\n")
-            .and_then(|_| input.flush())
-            .expect("write to the guest's shell");
-        let mut line = String::new();
-        output.read_line(&mut line).expect("read the guest's shell");
-        let t2 = monotonic_ns();
-        let g: i64 = line
-            .trim()
-            .strip_prefix("now at ")
-            .and_then(|l| l.strip_suffix(" nsecs"))
-            .unwrap_or_else(|| {
-                panic!("not a `now at` line from the guest's /proc/timer_list: {line:?}")
-            })
-            .parse()
-            .unwrap();
-        let half = (t2 - t1) as f64 / 2.0;
-        let mid = (t1 as f64 + t2 as f64) / 2.0 - g as f64;
-        if best.is_none_or(|b| half < b.2) {
-            best = Some((g, mid, half));
-        }
-    }
-    drop(input);
-    let _ = shell.wait();
-    best.unwrap()
+/// The manager-minus-guest CLOCK_MONOTONIC difference, read independently of timesync: UDP
+/// requests to the guest's clock echo, the narrowest of `tries` round trips kept
+/// (labtools::clockecho). Returns (guest_ns, manager_minus_guest_ns, half_window_ns).
+fn independent_offset(tries: usize) -> (i64, f64, f64) {
+    let r = clockecho::offset_to(CLOCK_ECHO.parse().unwrap(), tries, Duration::from_secs(1))
+        .unwrap_or_else(|e| panic!("read the guest's clock over UDP: {e:#}"));
+    (r.peer_ns, r.offset_ns, r.half_window_ns)
 }
 
 /// Traffic both ways on the sampled port 5201, lab-traffic at both ends: the metal sends to the
@@ -221,7 +177,8 @@ impl Traffic {
             .spawn()
             .expect("start the metal's receiver");
         ssh.run(&format!(
-            "setsid /tmp/lab-traffic tcp-recv --listen {GUEST_ADDR}:5201 >/dev/null 2>/tmp/recv.err </dev/null & \
+            "setsid /tmp/lab-traffic clock-echo --listen {CLOCK_ECHO} --duration {seconds}s >/dev/null 2>/tmp/echo.err </dev/null & \
+             setsid /tmp/lab-traffic tcp-recv --listen {GUEST_ADDR}:5201 >/dev/null 2>/tmp/recv.err </dev/null & \
              setsid /tmp/lab-traffic tcp-send --connect {listen} --duration {seconds}s --rate 256K \
                --connect-timeout 180s >/dev/null 2>/tmp/send.err </dev/null & echo started"
         ));
@@ -402,9 +359,10 @@ fn a_session_on_a_real_guest_syncs_its_clock_and_measures_the_vm_hop() {
         "60s",
     ]);
     // Read right after the session, while its last fit is fresh.
-    let (guest_ns, indep, indep_half) = independent_offset(&ssh, 50);
+    let (guest_ns, indep, indep_half) = independent_offset(200);
     drop(traffic);
     let out = text(&run);
+    eprintln!("{out}");
     assert!(run.status.success(), "apply failed: {out}");
     assert!(
         out.contains("failed=0 unreachable=0"),

@@ -5,8 +5,7 @@
 use latplan_common::clock::ClockFit;
 use latplan_common::wire::{Interface, Sample, Stats};
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 /// How a host runs: its own kernel (metal, vm) or a namespace on its parent's (container).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -77,62 +76,4 @@ pub struct SessionData<I> {
     pub samples: I,
 }
 
-/// A flow in its data direction, as the observers normalise it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowKey {
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-    pub sport: u16,
-    pub dport: u16,
-}
-
-impl FlowKey {
-    pub fn of(s: &Sample) -> FlowKey {
-        FlowKey {
-            saddr: s.saddr,
-            daddr: s.daddr,
-            sport: s.sport,
-            dport: s.dport,
-        }
-    }
-
-    pub fn src(&self) -> IpAddr {
-        ip_of(self.saddr)
-    }
-
-    pub fn dst(&self) -> IpAddr {
-        ip_of(self.daddr)
-    }
-}
-
-/// IPv4-mapped addresses print as IPv4, everything else as IPv6.
-pub fn ip_of(raw: [u8; 16]) -> IpAddr {
-    let v6 = Ipv6Addr::from(raw);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
-}
-
-/// The 16-byte form observers use for an address (IPv4 as IPv4-mapped IPv6).
-pub fn raw_of(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-impl fmt::Display for FlowKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ep = |ip: IpAddr, port: u16| match ip {
-            IpAddr::V4(v4) => format!("{v4}:{port}"),
-            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-        };
-        write!(
-            f,
-            "{}→{}",
-            ep(self.src(), self.sport),
-            ep(self.dst(), self.dport)
-        )
-    }
-}
+pub use crate::store::model::{FlowKey, ip_of, raw_of};

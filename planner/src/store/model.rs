@@ -1,6 +1,8 @@
 //! Rows as the store's callers see them. Unsigned kernel values are `u64` here and signed 64-bit
 //! integers with the same bits in SQL (every real value is below 2^63).
 use latplan_common::wire::{Sample, Stats};
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
 
 pub type SessionId = i64;
 pub type HostId = i64;
@@ -66,8 +68,9 @@ pub struct InterfaceRow {
     pub ingress_mode: String,
 }
 
-/// A flow, normalised to the data direction (`saddr:sport` sends the data).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A flow, normalised to the data direction (`saddr:sport` sends the data), as the observers
+/// record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -103,6 +106,46 @@ impl FlowKey {
             .chain(self.dport.to_be_bytes())
             .for_each(&mut eat);
         (h & (u64::MAX >> 1)) as i64
+    }
+
+    pub fn src(&self) -> IpAddr {
+        ip_of(self.saddr)
+    }
+
+    pub fn dst(&self) -> IpAddr {
+        ip_of(self.daddr)
+    }
+}
+
+/// IPv4-mapped addresses print as IPv4, everything else as IPv6.
+pub fn ip_of(raw: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(raw);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// The 16-byte form observers use for an address (IPv4 as IPv4-mapped IPv6).
+pub fn raw_of(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+impl fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ep = |ip: IpAddr, port: u16| match ip {
+            IpAddr::V4(v4) => format!("{v4}:{port}"),
+            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        };
+        write!(
+            f,
+            "{}→{}",
+            ep(self.src(), self.sport),
+            ep(self.dst(), self.dport)
+        )
     }
 }
 

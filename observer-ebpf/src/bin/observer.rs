@@ -601,32 +601,39 @@ mod programs {
         unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
     }
 
+    /// The cgroup programs' common start: the skb's TCP socket, if it passes the port filter and
+    /// lives in a namespace this observer records, and the segment's range (cgroup_skb data starts
+    /// at the network header). Cheapest rejections first: most sockets on a host are not ours.
+    #[inline(always)]
+    fn cg_tcp_segment(ctx: &SkBuffContext) -> Option<(u64, &'static KernelOffsets, u32, Range)> {
+        let skb = unsafe { &*ctx.skb.skb };
+        let sk = unsafe { skb.__bindgen_anon_2.sk } as u64;
+        if sk == 0 {
+            return None;
+        }
+        let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
+        if tp == 0 {
+            return None;
+        }
+        let o = offsets()?;
+        sock_ports_match(tp, o)?;
+        let netns = sock_netns(tp, o)?;
+        let b = SkbBytes(&ctx.skb);
+        match parse_ip(&b, 0, skb.protocol as u16)? {
+            L4::Tcp(r) => Some((tp, o, netns, r)),
+            _ => None,
+        }
+    }
+
     // ---- tcp_send + ip_send: cgroup_skb egress on the root cgroup (ip_finish_output) ----
 
     #[cgroup_skb]
     pub fn lp_cg_ip_send(ctx: SkBuffContext) -> i32 {
         let now = clock_ns();
+        let Some((tp, o, netns, r)) = cg_tcp_segment(&ctx) else {
+            return 1;
+        };
         let skb = unsafe { &*ctx.skb.skb };
-        let sk = unsafe { skb.__bindgen_anon_2.sk } as u64;
-        if sk == 0 {
-            return 1;
-        }
-        let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
-        if tp == 0 {
-            return 1;
-        }
-        let Some(o) = offsets() else { return 1 };
-        if sock_ports_match(tp, o).is_none() {
-            return 1;
-        }
-        let Some(netns) = sock_netns(tp, o) else {
-            return 1;
-        };
-        let b = SkbBytes(&ctx.skb);
-        // cgroup_skb data starts at the network header.
-        let Some(L4::Tcp(r)) = parse_ip(&b, 0, skb.protocol as u16) else {
-            return 1;
-        };
         let flags = match read_k::<u32>(tp, o.tp_snd_nxt) {
             Some(nxt) if r.len > 0 && (r.seq.wrapping_sub(nxt) as i32) < 0 => {
                 SAMPLE_FLAG_RETRANSMIT
@@ -705,24 +712,7 @@ mod programs {
     #[cgroup_skb]
     pub fn lp_cg_ip_recv(ctx: SkBuffContext) -> i32 {
         let now = clock_ns();
-        let skb = unsafe { &*ctx.skb.skb };
-        let sk = unsafe { skb.__bindgen_anon_2.sk } as u64;
-        if sk == 0 {
-            return 1;
-        }
-        let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
-        if tp == 0 {
-            return 1;
-        }
-        let Some(o) = offsets() else { return 1 };
-        if sock_ports_match(tp, o).is_none() {
-            return 1;
-        }
-        let Some(netns) = sock_netns(tp, o) else {
-            return 1;
-        };
-        let b = SkbBytes(&ctx.skb);
-        let Some(L4::Tcp(r)) = parse_ip(&b, 0, skb.protocol as u16) else {
+        let Some((_, _, netns, r)) = cg_tcp_segment(&ctx) else {
             return 1;
         };
         emit_range(Layer::IpRecv, &r, now, 0, netns, 0);

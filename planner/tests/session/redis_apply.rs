@@ -160,6 +160,30 @@ fn apply_over_redis_into_mariadb_stores_every_record_the_observers_sent() {
     super::assert_clean("after teardown");
 }
 
+/// `latplan apply INV --detach` of session `name` into `store` over the lab Redis, which must
+/// succeed; `latplan` runs latplan with the test's environment.
+fn apply_detached(
+    latplan: &dyn Fn(&[&str]) -> std::process::Output,
+    inv: &str,
+    name: &str,
+    store: &str,
+    redis: &LabRedis,
+) -> std::process::Output {
+    let up = latplan(&[
+        "apply",
+        inv,
+        "--detach",
+        "--session",
+        name,
+        "--store",
+        store,
+        "--bus",
+        &redis.url,
+    ]);
+    assert!(up.status.success(), "apply --detach: {}", text(&up));
+    up
+}
+
 #[test]
 fn a_detached_session_shows_its_rates_and_stop_prints_the_report_then_teardown_cleans() {
     let f = Fresh::take();
@@ -178,18 +202,7 @@ fn a_detached_session_shows_its_rates_and_stop_prints_the_report_then_teardown_c
             .unwrap()
     };
     let _traffic = Traffic::start(90, "10M");
-    let up = latplan(&[
-        "apply",
-        &f.inv,
-        "--detach",
-        "--session",
-        "det-1",
-        "--store",
-        &store,
-        "--bus",
-        &redis.url,
-    ]);
-    assert!(up.status.success(), "apply --detach: {}", text(&up));
+    let up = apply_detached(&latplan, &f.inv, "det-1", &store, &redis);
     assert!(
         text(&up).contains("running in the background"),
         "{}",
@@ -269,18 +282,7 @@ fn stop_finishes_a_detached_session_whose_collector_was_killed() {
         serde_json::from_slice(&o.stdout).unwrap_or_default()
     };
     let _traffic = Traffic::start(90, "10M");
-    let up = latplan(&[
-        "apply",
-        &f.inv,
-        "--detach",
-        "--session",
-        "det-kill",
-        "--store",
-        &db,
-        "--bus",
-        &redis.url,
-    ]);
-    assert!(up.status.success(), "apply --detach: {}", text(&up));
+    apply_detached(&latplan, &f.inv, "det-kill", &db, &redis);
     let mut last = serde_json::Value::Null;
     wait_until(
         Duration::from_secs(60),

@@ -1,6 +1,8 @@
 //! Storage and collection throughput (BENCHMARKS.md, "Storage and collection").
 //!
-//! `cargo bench -p planner --bench store -- [sqlite|mariadb|e2e|all] [--records N] [--mysql-writers 1|2]`
+//! `cargo bench -p planner --bench store -- [sqlite|mariadb|e2e|all] [--records N] [--mysql-writers 1|2]
+//! [--read-count N] [--batch-records N]`: the last three override the store's, the Redis source's
+//! and the collector's defaults, to compare settings in one build.
 //!
 //! - `sqlite`, `mariadb`: 4 synthetic observers' byte streams (pre-encoded, 1000 records a frame)
 //!   through the collector into the store; rows/s from the first byte read until the last batch
@@ -18,12 +20,45 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use planner::collector::redis::{RedisBus, RedisSource};
+use planner::collector::redis::{RedisBus, RedisSource, SourceOptions};
 use planner::collector::synthetic::SyntheticObserver;
 use planner::collector::{Collector, CollectorConfig};
 use planner::store::{Secret, Store, WriteBatch};
 
 const PER_FRAME: usize = 1000;
+
+/// Settings a run may override (unset: the code's defaults).
+#[derive(Debug, Default, Clone, Copy)]
+struct Tuning {
+    mysql_writers: Option<usize>,
+    read_count: Option<usize>,
+    batch_records: Option<usize>,
+}
+
+impl Tuning {
+    fn collector(&self) -> CollectorConfig {
+        let mut c = CollectorConfig::default();
+        if let Some(n) = self.batch_records {
+            c.batch_records = n;
+        }
+        c
+    }
+
+    fn source(&self) -> SourceOptions {
+        let mut o = SourceOptions::default();
+        if let Some(n) = self.read_count {
+            o.read_count = n;
+        }
+        o
+    }
+
+    fn store(&self, s: Store) -> Store {
+        match self.mysql_writers {
+            Some(n) => s.with_mysql_writers(n),
+            None => s,
+        }
+    }
+}
 
 fn mariadb_url(db: &str) -> (String, Secret) {
     let pw = format!("bench{:x}", std::process::id());
@@ -66,8 +101,8 @@ async fn open(kind: &str) -> Store {
 }
 
 /// The store alone: 50,000-row batches through `write_batch`.
-async fn store_only(kind: &str, records: u64) -> f64 {
-    let store = open(kind).await;
+async fn store_only(kind: &str, records: u64, t: Tuning) -> f64 {
+    let store = t.store(open(kind).await);
     let s = store.open_session("bench-store-only").await.unwrap();
     let mut obs = SyntheticObserver::new("bench", "h", 1);
     let (_, run) = store
@@ -109,8 +144,8 @@ async fn store_only(kind: &str, records: u64) -> f64 {
 }
 
 /// Byte streams through the collector.
-async fn collector(kind: &str, records: u64) -> f64 {
-    let store = open(kind).await;
+async fn collector(kind: &str, records: u64, t: Tuning) -> f64 {
+    let store = t.store(open(kind).await);
     let s = store.open_session("bench-collector").await.unwrap();
     let streams: Vec<(String, Vec<u8>)> = (0..4)
         .map(|h| {
@@ -120,11 +155,7 @@ async fn collector(kind: &str, records: u64) -> f64 {
             (host, bytes)
         })
         .collect();
-    let c = Arc::new(Collector::start(
-        store.clone(),
-        s,
-        CollectorConfig::default(),
-    ));
+    let c = Arc::new(Collector::start(store.clone(), s, t.collector()));
     let t = Instant::now();
     let tasks: Vec<_> = streams
         .into_iter()
@@ -151,8 +182,8 @@ async fn collector(kind: &str, records: u64) -> f64 {
 }
 
 /// 8 observers through their Redis sinks into MariaDB.
-async fn end_to_end(records: u64) -> f64 {
-    let store = open("mariadb").await;
+async fn end_to_end(records: u64, t: Tuning) -> f64 {
+    let store = t.store(open("mariadb").await);
     let session = "bench-e2e";
     let s = store.open_session(session).await.unwrap();
     let bus = Arc::new(
@@ -173,9 +204,9 @@ async fn end_to_end(records: u64) -> f64 {
                 .to_stdin_line(),
         );
     }
-    let c = Collector::start(store.clone(), s, CollectorConfig::default());
+    let c = Collector::start(store.clone(), s, t.collector());
     let counters = c.counters();
-    let mut src = RedisSource::start(&c, bus.clone(), session, &hosts, "bench")
+    let mut src = RedisSource::start_with(&c, bus.clone(), session, &hosts, "bench", t.source())
         .await
         .unwrap();
     let t = Instant::now();
@@ -232,9 +263,13 @@ async fn end_to_end(records: u64) -> f64 {
     let dropped: u64 = sinks.iter().map(|s| s.records_dropped).sum();
     let stored = store.count_samples(s).await.unwrap();
     println!(
-        "e2e: {stored} stored of {total} sent, {dropped} dropped by sinks, {} gaps, {} duplicates",
+        "e2e: {stored} stored of {total} sent, {dropped} dropped by sinks, {} gaps, {} duplicates; \
+         the writer spent {:.2} s of {:.2} s storing {} batches",
         rep.gaps.len(),
-        rep.counters.duplicates
+        rep.counters.duplicates,
+        rep.counters.store_busy.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        rep.counters.batches
     );
     assert!(
         dropped == 0 && stored == total && rep.gaps.is_empty(),
@@ -246,6 +281,14 @@ async fn end_to_end(records: u64) -> f64 {
     }
     store.close().await;
     total as f64 / elapsed.as_secs_f64()
+}
+
+/// The 1-, 5- and 15-minute load averages: the machine is shared, so every result says how busy
+/// it was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[tokio::main]
@@ -264,37 +307,52 @@ async fn main() {
         .position(|a| a == "--records")
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok());
+    let flag = |name: &str| -> Option<usize> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse().ok())
+    };
+    let tuning = Tuning {
+        mysql_writers: flag("--mysql-writers"),
+        read_count: flag("--read-count"),
+        batch_records: flag("--batch-records"),
+    };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    println!("machine: {cores} cores; release build; records per frame {PER_FRAME}");
+    println!(
+        "machine: {cores} cores; release build; records per frame {PER_FRAME}; {tuning:?}; load average {}",
+        load_average()
+    );
     if mode == "sqlite" || mode == "all" {
         let n = records.unwrap_or(2_000_000);
         println!(
             "sqlite store only   : {:>10.0} rows/s ({n} rows)",
-            store_only("sqlite", n).await
+            store_only("sqlite", n, tuning).await
         );
         println!(
             "sqlite via collector: {:>10.0} rows/s ({n} rows, 4 streams)",
-            collector("sqlite", n).await
+            collector("sqlite", n, tuning).await
         );
     }
     if mode == "mariadb" || mode == "all" {
         let n = records.unwrap_or(1_000_000);
         println!(
             "mariadb store only   : {:>10.0} rows/s ({n} rows)",
-            store_only("mariadb", n).await
+            store_only("mariadb", n, tuning).await
         );
         println!(
             "mariadb via collector: {:>10.0} rows/s ({n} rows, 4 streams)",
-            collector("mariadb", n).await
+            collector("mariadb", n, tuning).await
         );
     }
     if mode == "e2e" || mode == "all" {
         let n = records.unwrap_or(1_000_000);
         println!(
             "end to end, 8 observers -> redis -> mariadb: {:>10.0} records/s ({n} records, zero loss checked)",
-            end_to_end(n).await
+            end_to_end(n, tuning).await
         );
     }
+    println!("load average at the end {}", load_average());
 }

@@ -22,13 +22,14 @@ use crate::executor::observe::{self, ObserverEnd};
 use crate::executor::observe_redis::{self, RedisObservers};
 use crate::executor::{Outcome as HostOutcome, Recap};
 use crate::inventory::{Host, Inventory, Kind};
-use crate::session::state::SessionDir;
+use crate::session::state::{Resume, SessionDir};
 use crate::session::{self, Layout};
 use crate::store::{HostRecord, Store};
 use crate::tasks::artifacts::{Artifact, Artifacts, OBSERVER, TIMESYNC};
 use crate::transport::{Pool, Transport};
 
 mod detach;
+pub(super) mod resume;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -369,6 +370,7 @@ async fn run_session(
         args,
         inv,
         pool,
+        store_url,
         session,
         observed: &observed,
         collector: &collector,
@@ -428,6 +430,7 @@ struct Observing<'a> {
     args: &'a Args,
     inv: &'a Inventory,
     pool: &'a Pool,
+    store_url: &'a str,
     session: &'a str,
     observed: &'a [String],
     collector: &'a Arc<Collector>,
@@ -445,6 +448,7 @@ async fn observe_over_ssh(ctx: Observing<'_>, recap: &mut Recap) -> anyhow::Resu
         observed,
         collector,
         prober,
+        ..
     } = ctx;
     let (stop_tx, stop_rx) = watch::channel(false);
     let starts = observed.iter().map(|name| {
@@ -500,6 +504,7 @@ async fn observe_over_redis(
         args,
         inv,
         pool,
+        store_url,
         session,
         observed,
         collector,
@@ -531,6 +536,24 @@ async fn observe_over_redis(
         .detached_child
         .then(|| SessionDir::open(session))
         .transpose()?;
+    if let Some(d) = &state_dir {
+        // Should this process die, `latplan stop` finishes the session from what it notes here.
+        let inventory = std::path::absolute(&args.inventory).with_context(|| {
+            format!(
+                "failed to resolve the inventory path {}",
+                args.inventory.display()
+            )
+        })?;
+        d.write_resume(&Resume {
+            inventory,
+            store: store_url.to_string(),
+            bus: inv.session.bus.clone(),
+            hosts: obs.hosts().to_vec(),
+            recap: recap.clone(),
+            html: args.html.clone(),
+        })?;
+    }
+    let mut fits_saved = 0;
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
@@ -559,6 +582,7 @@ async fn observe_over_redis(
                 if let Some(d) = &state_dir {
                     detach::write_status(d, session, "running", obs.hosts(), &now, &last, prober, &lost);
                 }
+                save_fits(collector, prober, &mut fits_saved).await;
                 last = now;
                 for h in obs.silent_hosts().await {
                     if !lost.contains(&h) {
@@ -602,6 +626,27 @@ async fn observe_over_redis(
         }
     }
     Ok((interrupted, obs))
+}
+
+/// Stores the fits the prober made since the last call. The session stores all of them at its
+/// end anyway (idempotently); storing them as they come means a collector killed mid-session
+/// leaves the clock alignment behind for `latplan stop` to finish the session with.
+async fn save_fits(collector: &Collector, prober: &Prober, saved: &mut usize) {
+    let new = {
+        let sync = prober.state.lock().expect("sync state");
+        sync.fits[(*saved).min(sync.fits.len())..].to_vec()
+    };
+    if new.is_empty() {
+        return;
+    }
+    match collector
+        .store()
+        .insert_clock_fits(collector.session_id(), &new)
+        .await
+    {
+        Ok(()) => *saved += new.len(),
+        Err(e) => eprintln!("storing clock fits failed, will retry: {e}"),
+    }
 }
 
 /// Runs the user's steps on the hosts whose observers are running; a host whose step fails is

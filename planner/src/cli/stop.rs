@@ -1,6 +1,7 @@
 //! `latplan stop [SESSION]`: ends a detached session. The background collector is asked to stop
 //! (SIGTERM); it stops the observers through their lease keys, collects the last records, runs
-//! the analysis and writes the report, which this prints.
+//! the analysis and writes the report, which this prints. When the collector died without
+//! finishing (killed), this process finishes the session in its place (`apply::resume`).
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -10,7 +11,8 @@ use crate::session::state::SessionDir;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The session (default: the only detached session still running).
+    /// The session (default: the only detached session still running, or whose collector
+    /// died without finishing it).
     session: Option<String>,
     /// How long to wait for the final collection and report.
     #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
@@ -24,7 +26,7 @@ impl Command for Args {
             None => {
                 let mut alive: Vec<SessionDir> = SessionDir::list()?
                     .into_iter()
-                    .filter(|d| d.alive())
+                    .filter(|d| d.alive() || unfinished(d))
                     .collect();
                 match alive.len() {
                     1 => alive.remove(0),
@@ -35,6 +37,9 @@ impl Command for Args {
                 }
             }
         };
+        if !d.alive() && unfinished(&d) {
+            return super::apply::resume::finish_dead(&d, self.timeout);
+        }
         if d.alive() {
             let pid = d.pid().expect("alive has a pid");
             // SAFETY: plain syscall on a PID we checked is a latplan of this session.
@@ -78,4 +83,11 @@ impl Command for Args {
             Outcome::Success
         })
     }
+}
+
+/// A session whose collector is gone without having finished it (killed): `stop` finishes it.
+fn unfinished(d: &SessionDir) -> bool {
+    !d.alive()
+        && d.read_status()
+            .is_some_and(|s| !matches!(s.state.as_str(), "completed" | "interrupted" | "failed"))
 }

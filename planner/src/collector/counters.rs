@@ -44,6 +44,7 @@ pub struct Counters {
     decode_errors: AtomicU64,
     store_retries: AtomicU64,
     batches: AtomicU64,
+    store_busy_ns: AtomicU64,
     hosts: Mutex<BTreeMap<String, HostState>>,
 }
 
@@ -65,6 +66,9 @@ pub struct Snapshot {
     /// Times a batch write failed transiently and was retried.
     pub store_retries: u64,
     pub batches: u64,
+    /// Time the writer spent storing batches (retries included): near the elapsed time, the
+    /// store is what bounds the collection.
+    pub store_busy: std::time::Duration,
     pub hosts: BTreeMap<String, HostCounters>,
 }
 
@@ -95,6 +99,7 @@ impl Counters {
             decode_errors: self.decode_errors.load(Relaxed),
             store_retries: self.store_retries.load(Relaxed),
             batches: self.batches.load(Relaxed),
+            store_busy: std::time::Duration::from_nanos(self.store_busy_ns.load(Relaxed)),
             hosts: self
                 .hosts
                 .lock()
@@ -144,7 +149,9 @@ impl Counters {
         self.store_retries.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn batch_committed(&self) {
+    pub(crate) fn batch_committed(&self, took: std::time::Duration) {
+        self.store_busy_ns
+            .fetch_add(took.as_nanos() as u64, Relaxed);
         self.batches.fetch_add(1, Relaxed);
     }
 

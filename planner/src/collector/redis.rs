@@ -12,16 +12,18 @@
 //!
 //! The collector reads every host's stream with one consumer group (`latplan-collector`) and
 //! acknowledges an entry only after the batch holding it has committed, so a collector killed at
-//! any point re-reads its pending entries on restart (same consumer name) and stores nothing twice.
+//! any point loses nothing: restarted with the same consumer name it re-reads its own pending
+//! entries; any other collector of the session claims them (`XAUTOCLAIM`) once they have been
+//! idle for [`SourceOptions::claim_idle`]. Stores are idempotent, so re-storing is harmless.
 //! After a Redis restart (its data and ACL users gone), the collector re-creates the users and
 //! groups; observers reconnect with the same credentials; what Redis lost is reported as gaps.
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use latplan_common::wire::Frame;
 use redis::aio::MultiplexedConnection;
-use redis::streams::StreamReadReply;
+use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc, watch};
@@ -494,6 +496,56 @@ pub struct RedisSourceSummary {
     pub entries: u64,
     pub reconnects: u64,
     pub acked: u64,
+    /// Entries taken over from other consumers of the group (a dead collector's pending ones).
+    pub claimed: u64,
+}
+
+/// How a source reads.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// Entries another consumer read but has not acknowledged for this long are claimed and
+    /// stored by this source (`XAUTOCLAIM`): that consumer is taken to be dead. A live
+    /// collector acknowledges within a commit (well under a second), or within its store
+    /// retries when the database is away; claiming from a slow live one only stores twice,
+    /// which the store ignores. Zero claims everything pending at once: for a collector known
+    /// to be dead (`latplan stop` of a detached session whose collector was killed).
+    pub claim_idle: Duration,
+    /// How often to look for such entries after the first look at start.
+    pub claim_every: Duration,
+    /// Entries per stream and `XREADGROUP` call.
+    pub read_count: usize,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            claim_idle: Duration::from_secs(60),
+            claim_every: Duration::from_secs(5),
+            read_count: 256,
+        }
+    }
+}
+
+/// Entries this source has queued for the writer and not yet seen acknowledged: re-reading one
+/// of them (own pending entries after a reconnect, or a claim) must not queue it twice.
+#[derive(Default)]
+struct InFlight(std::sync::Mutex<std::collections::HashSet<(Arc<str>, String)>>);
+
+impl InFlight {
+    /// True when the entry was not in flight yet (and now is).
+    fn insert(&self, stream: &Arc<str>, id: &str) -> bool {
+        self.0
+            .lock()
+            .expect("in-flight set")
+            .insert((stream.clone(), id.to_string()))
+    }
+
+    fn remove(&self, acks: &[Ack]) {
+        let mut set = self.0.lock().expect("in-flight set");
+        for a in acks {
+            set.remove(&(a.stream.clone(), a.id.clone()));
+        }
+    }
 }
 
 /// Reads the hosts' streams of a session into a [`Collector`].
@@ -505,14 +557,35 @@ pub struct RedisSource {
 }
 
 impl RedisSource {
-    /// Starts reading `hosts`' streams as consumer `consumer` of the collector group. Use the
-    /// same consumer name after a collector restart so its unacknowledged entries are re-read.
+    /// Starts reading `hosts`' streams as consumer `consumer` of the collector group, with the
+    /// default [`SourceOptions`]. A collector restarted with the same consumer name re-reads its
+    /// unacknowledged entries at once; under another name it claims them once they are idle.
     pub async fn start(
         collector: &Collector,
         bus: Arc<RedisBus>,
         session: &str,
         hosts: &[String],
         consumer: &str,
+    ) -> Result<RedisSource, CollectError> {
+        Self::start_with(
+            collector,
+            bus,
+            session,
+            hosts,
+            consumer,
+            SourceOptions::default(),
+        )
+        .await
+    }
+
+    /// [`Self::start`] with explicit options.
+    pub async fn start_with(
+        collector: &Collector,
+        bus: Arc<RedisBus>,
+        session: &str,
+        hosts: &[String],
+        consumer: &str,
+        options: SourceOptions,
     ) -> Result<RedisSource, CollectError> {
         check_name("session", session)?;
         let mut keys = Vec::new();
@@ -528,14 +601,19 @@ impl RedisSource {
         })?;
         let (stop, stop_rx) = watch::channel(false);
         let tx = collector.sender()?;
+        let in_flight = Arc::new(InFlight::default());
         let reader = tokio::spawn(read_loop(
-            bus.clone(),
-            keys,
-            consumer.to_string(),
+            Reader {
+                bus: bus.clone(),
+                keys,
+                consumer: consumer.to_string(),
+                options,
+                in_flight: in_flight.clone(),
+            },
             tx,
             stop_rx,
         ));
-        let acker = tokio::spawn(ack_loop(bus, acks));
+        let acker = tokio::spawn(ack_loop(bus, acks, in_flight));
         Ok(RedisSource {
             stop,
             reader: Some(reader),
@@ -564,10 +642,17 @@ impl RedisSource {
     }
 }
 
-async fn read_loop(
+/// What the read loop works with.
+struct Reader {
     bus: Arc<RedisBus>,
     keys: Vec<(Arc<str>, Arc<str>)>,
     consumer: String,
+    options: SourceOptions,
+    in_flight: Arc<InFlight>,
+}
+
+async fn read_loop(
+    r: Reader,
     tx: mpsc::Sender<Msg>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<RedisSourceSummary, CollectError> {
@@ -577,17 +662,20 @@ async fn read_loop(
     // While `history` holds ids, this consumer's own pending entries (delivered before a crash or
     // a reconnect, never acknowledged) are read first, from those ids on; then new entries (">").
     let mut history: Option<Vec<String>> = None;
-    let host_of: HashMap<Arc<str>, Arc<str>> = keys.iter().cloned().collect();
+    // When to look for other consumers' abandoned entries next; `None`: right after connecting.
+    let mut next_claim: Option<Instant> = None;
+    let host_of: HashMap<Arc<str>, Arc<str>> = r.keys.iter().cloned().collect();
     loop {
         if *stop.borrow() {
             return Ok(sum);
         }
         let mut c = match conn.clone() {
             Some(c) => c,
-            None => match reconnect(&bus, &keys).await {
+            None => match reconnect(&r.bus, &r.keys).await {
                 Ok(c) => {
                     backoff = Duration::from_millis(100);
-                    history = Some(vec!["0".to_string(); keys.len()]);
+                    history = Some(vec!["0".to_string(); r.keys.len()]);
+                    next_claim = None;
                     conn = Some(c.clone());
                     c
                 }
@@ -603,24 +691,36 @@ async fn read_loop(
                 }
             },
         };
+        if next_claim.is_none_or(|t| Instant::now() >= t) {
+            match claim(&mut c, &r, &tx, &mut sum).await {
+                Ok(()) => next_claim = Some(Instant::now() + r.options.claim_every),
+                Err(CollectError::WriterGone) => return Err(CollectError::WriterGone),
+                Err(e) => {
+                    tracing::warn!("redis source: {e}");
+                    conn = None;
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            }
+        }
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
-            .arg(&consumer)
+            .arg(&r.consumer)
             .arg("COUNT")
-            .arg(256);
+            .arg(r.options.read_count);
         if history.is_none() {
             cmd.arg("BLOCK").arg(500);
         }
         cmd.arg("STREAMS");
-        for (k, _) in &keys {
+        for (k, _) in &r.keys {
             cmd.arg(&**k);
         }
         match &history {
             Some(ids) => ids.iter().for_each(|id| {
                 cmd.arg(id);
             }),
-            None => keys.iter().for_each(|_| {
+            None => r.keys.iter().for_each(|_| {
                 cmd.arg(">");
             }),
         }
@@ -646,12 +746,16 @@ async fn read_loop(
             };
             for entry in sk.ids {
                 got += 1;
-                sum.entries += 1;
                 if let Some(ids) = history.as_mut()
-                    && let Some(i) = keys.iter().position(|(k, _)| *k == key)
+                    && let Some(i) = r.keys.iter().position(|(k, _)| *k == key)
                 {
                     ids[i] = entry.id.clone();
                 }
+                if !r.in_flight.insert(&key, &entry.id) {
+                    // Already queued (re-read after a reconnect, or claimed): once is enough.
+                    continue;
+                }
+                sum.entries += 1;
                 let msg = entry_to_msg(&key, &host, entry);
                 if tx.send(msg).await.is_err() {
                     return Err(CollectError::WriterGone);
@@ -662,6 +766,64 @@ async fn read_loop(
             history = None;
         }
     }
+}
+
+/// Takes over the entries other consumers of the group read but left unacknowledged for
+/// `claim_idle` (`XAUTOCLAIM`, every stream from its start) and queues them like fresh reads.
+/// Entries trimmed from a stream before anyone stored them are gone; the gap scan reports them.
+async fn claim(
+    c: &mut MultiplexedConnection,
+    r: &Reader,
+    tx: &mpsc::Sender<Msg>,
+    sum: &mut RedisSourceSummary,
+) -> Result<(), CollectError> {
+    let idle_ms = r.options.claim_idle.as_millis() as u64;
+    for (key, host) in &r.keys {
+        let mut cursor = "0-0".to_string();
+        loop {
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&**key)
+                .arg(GROUP)
+                .arg(&r.consumer)
+                .arg(idle_ms)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(r.options.read_count)
+                .query_async(c)
+                .await
+                .map_err(redis_err(
+                    "claim another collector's unacknowledged entries",
+                ))?;
+            if !reply.deleted_ids.is_empty() {
+                tracing::warn!(
+                    host = %host,
+                    entries = reply.deleted_ids.len(),
+                    "unacknowledged entries were trimmed from the stream before they were stored"
+                );
+            }
+            for entry in reply.claimed {
+                if !r.in_flight.insert(key, &entry.id) {
+                    continue;
+                }
+                sum.claimed += 1;
+                sum.entries += 1;
+                tx.send(entry_to_msg(key, host, entry))
+                    .await
+                    .map_err(|_| CollectError::WriterGone)?;
+            }
+            if reply.next_stream_id == "0-0" {
+                break;
+            }
+            cursor = reply.next_stream_id;
+        }
+    }
+    if sum.claimed > 0 {
+        tracing::info!(
+            claimed = sum.claimed,
+            "redis source: took over entries another collector had left unacknowledged"
+        );
+    }
+    Ok(())
 }
 
 async fn reconnect(
@@ -731,13 +893,20 @@ fn entry_to_msg(key: &Arc<str>, host: &Arc<str>, entry: redis::streams::StreamId
     }
 }
 
-async fn ack_loop(bus: Arc<RedisBus>, mut rx: mpsc::UnboundedReceiver<Vec<Ack>>) -> u64 {
+async fn ack_loop(
+    bus: Arc<RedisBus>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Ack>>,
+    in_flight: Arc<InFlight>,
+) -> u64 {
     let mut acked = 0u64;
     let mut conn: Option<MultiplexedConnection> = None;
     while let Some(batch) = rx.recv().await {
         let mut by_stream: HashMap<Arc<str>, Vec<String>> = HashMap::new();
-        for a in batch {
-            by_stream.entry(a.stream).or_default().push(a.id);
+        for a in &batch {
+            by_stream
+                .entry(a.stream.clone())
+                .or_default()
+                .push(a.id.clone());
         }
         for (stream, ids) in by_stream {
             // An ack that cannot be delivered only means the entry is read again later, and the
@@ -774,6 +943,8 @@ async fn ack_loop(bus: Arc<RedisBus>, mut rx: mpsc::UnboundedReceiver<Vec<Ack>>)
                 }
             }
         }
+        // Stored (and acknowledged, or given up on): a later re-read may queue them again.
+        in_flight.remove(&batch);
     }
     acked
 }

@@ -225,6 +225,7 @@ impl Writer {
     async fn flush(&mut self) -> Result<(), CollectError> {
         self.first_pending = None;
         if !self.batch.is_empty() {
+            let started = Instant::now();
             let (store, batch) = (&self.store, &self.batch);
             let out = self
                 .retry("store a batch", || store.write_batch(batch))
@@ -234,7 +235,7 @@ impl Writer {
                     self.counters.stored(h, *new, *dup);
                 }
             }
-            self.counters.batch_committed();
+            self.counters.batch_committed(started.elapsed());
             self.batch.clear();
             self.run_hosts.clear();
         }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use futures::future::join_all;
 use tokio::task::JoinHandle;
 
-use crate::collector::redis::{DEFAULT_MAXLEN, REDIS_CA_ENV, RedisBus, RedisSource};
+use crate::collector::redis::{DEFAULT_MAXLEN, REDIS_CA_ENV, RedisBus, RedisSource, SourceOptions};
 use crate::collector::{Collector, Counters};
 use crate::session::{HEARTBEAT_SECONDS, Layout};
 use crate::store::Secret;
@@ -55,6 +55,8 @@ pub struct RedisObservers {
     hosts: Vec<String>,
     source: Option<RedisSource>,
     renew: Option<JoinHandle<()>>,
+    /// Hosts whose goodbye is already stored (taken over from a dead collector).
+    said_bye: Vec<String>,
 }
 
 impl RedisObservers {
@@ -104,11 +106,42 @@ impl RedisObservers {
             hosts,
             source: Some(source),
             renew: Some(renew),
+            said_bye: Vec::new(),
         };
         for (h, _) in &failed {
             let _ = me.bus.revoke(session, h).await;
         }
         Ok((me, failed))
+    }
+
+    /// Takes over the observers of a session whose collector died (`latplan stop` of a detached
+    /// session): reads every host's stream as a consumer of its own, first claiming whatever the
+    /// dead collector read and never acknowledged (idle or not: it is known to be dead). No
+    /// lease is renewed; [`Self::stop`] ends the observers still alive. `said_bye`: hosts whose
+    /// goodbye the dead collector already stored.
+    pub async fn resume(
+        bus: Arc<RedisBus>,
+        collector: &Collector,
+        session: &str,
+        hosts: Vec<String>,
+        said_bye: Vec<String>,
+    ) -> anyhow::Result<RedisObservers> {
+        let consumer = format!("{CONSUMER}-stop-{}", std::process::id());
+        let options = SourceOptions {
+            claim_idle: Duration::ZERO,
+            ..SourceOptions::default()
+        };
+        let source =
+            RedisSource::start_with(collector, bus.clone(), session, &hosts, &consumer, options)
+                .await?;
+        Ok(RedisObservers {
+            bus,
+            session: session.to_string(),
+            hosts,
+            source: Some(source),
+            renew: None,
+            said_bye,
+        })
     }
 
     /// The hosts whose observer runs.
@@ -144,6 +177,7 @@ impl RedisObservers {
             let missing: Vec<String> = self
                 .hosts
                 .iter()
+                .filter(|h| !self.said_bye.contains(h))
                 .filter(|h| snap.hosts.get(*h).is_none_or(|c| c.byes == 0))
                 .cloned()
                 .collect();

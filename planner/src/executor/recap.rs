@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 
 use comfy_table::{Cell, Color, Table};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     Ok,
     /// Something was pushed or rewritten on the host.
@@ -31,8 +32,9 @@ impl Outcome {
     }
 }
 
-/// Outcomes by host, in inventory order, and what each step changed.
-#[derive(Debug, Default)]
+/// Outcomes by host, in inventory order, and what each step changed. Serializable: a detached
+/// session keeps it on disk so that `latplan stop` can finish the recap of a dead collector.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Recap {
     order: Vec<String>,
     outcomes: BTreeMap<String, Outcome>,
@@ -145,5 +147,8 @@ mod tests {
             text.contains("recap: ok=0 changed=1 failed=0 unreachable=1 skipped=0"),
             "{text}"
         );
+        // A detached session keeps it on disk for `latplan stop`: it comes back the same.
+        let back: Recap = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.render(), text);
     }
 }

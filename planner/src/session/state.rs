@@ -52,6 +52,25 @@ pub struct HostStatus {
     pub missing: u64,
 }
 
+/// What `latplan stop` needs to finish a session whose background collector died: written by
+/// the collector once its observers run. It holds no secret: the store's and the bus' passwords
+/// come from the environment (or the inventory's secret files) of whoever runs `stop`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Resume {
+    /// The inventory, as an absolute path.
+    pub inventory: PathBuf,
+    /// Store and bus URLs (without credentials).
+    pub store: String,
+    pub bus: String,
+    /// The hosts whose observers were started.
+    pub hosts: Vec<String>,
+    /// The per-host outcome once the observers ran.
+    pub recap: crate::executor::Recap,
+    /// `--html FILE`, if given.
+    #[serde(default)]
+    pub html: Option<PathBuf>,
+}
+
 /// One detached session's directory.
 #[derive(Debug, Clone)]
 pub struct SessionDir {
@@ -132,6 +151,21 @@ impl SessionDir {
     }
     fn status_file(&self) -> PathBuf {
         self.dir.join("status.json")
+    }
+    fn resume_file(&self) -> PathBuf {
+        self.dir.join("resume.json")
+    }
+
+    pub fn write_resume(&self, r: &Resume) -> anyhow::Result<()> {
+        let json = serde_json::to_vec_pretty(r).expect("resume record serializes");
+        self.write_atomic(&self.resume_file(), &json)
+    }
+
+    pub fn read_resume(&self) -> anyhow::Result<Resume> {
+        let p = self.resume_file();
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("failed to read {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("failed to parse {}", p.display()))
     }
 
     /// A file of this session, created 0600 (the log and report name hosts and addresses).

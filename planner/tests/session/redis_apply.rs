@@ -116,6 +116,25 @@ pub fn stored_counts(url: &str, pw: &str, session: &str) -> (u64, u64, usize, us
     })
 }
 
+/// Every observer run said goodbye, the store holds exactly the records they said they sent,
+/// no gap, and the session's Redis accounts and keys are gone. `out`: latplan's output, shown
+/// when not.
+fn assert_every_record_stored(db: &str, pw: &str, session: &str, redis: &LabRedis, out: &str) {
+    let (byes, rows, gaps, without) = stored_counts(db, pw, session);
+    assert_eq!(without, 0, "every observer run said goodbye: {out}");
+    assert!(byes > 0, "records were sampled: {out}");
+    assert_eq!(
+        rows, byes,
+        "rows in the store = records the observers sent: {out}"
+    );
+    assert_eq!(gaps, 0, "{out}");
+    assert_eq!(
+        redis.leftovers(),
+        "",
+        "the session's accounts and keys are gone"
+    );
+}
+
 #[test]
 fn apply_over_redis_into_mariadb_stores_every_record_the_observers_sent() {
     let f = Fresh::take();
@@ -135,19 +154,34 @@ fn apply_over_redis_into_mariadb_stores_every_record_the_observers_sent() {
     assert!(run.status.success(), "apply over Redis failed: {out}");
     assert!(out.contains("failed=0 unreachable=0"), "{out}");
     assert!(out.contains("e2e ct1→vm2"), "the report is printed: {out}");
-    let (byes, rows, gaps, without) = stored_counts(&db, &pw, "redis-1");
-    assert_eq!(without, 0, "every observer run said goodbye: {out}");
-    assert!(byes > 0, "records were sampled: {out}");
-    assert_eq!(rows, byes, "rows in the store = records the observers sent");
-    assert_eq!(gaps, 0);
-    assert_eq!(
-        redis.leftovers(),
-        "",
-        "the session's accounts and keys are gone"
-    );
+    assert_every_record_stored(&db, &pw, "redis-1", &redis, &out);
     let t = super::latplan(&["teardown", &f.inv]);
     assert!(t.status.success(), "{}", text(&t));
     super::assert_clean("after teardown");
+}
+
+/// `latplan apply INV --detach` of session `name` into `store` over the lab Redis, which must
+/// succeed; `latplan` runs latplan with the test's environment.
+fn apply_detached(
+    latplan: &dyn Fn(&[&str]) -> std::process::Output,
+    inv: &str,
+    name: &str,
+    store: &str,
+    redis: &LabRedis,
+) -> std::process::Output {
+    let up = latplan(&[
+        "apply",
+        inv,
+        "--detach",
+        "--session",
+        name,
+        "--store",
+        store,
+        "--bus",
+        &redis.url,
+    ]);
+    assert!(up.status.success(), "apply --detach: {}", text(&up));
+    up
 }
 
 #[test]
@@ -168,18 +202,7 @@ fn a_detached_session_shows_its_rates_and_stop_prints_the_report_then_teardown_c
             .unwrap()
     };
     let _traffic = Traffic::start(90, "10M");
-    let up = latplan(&[
-        "apply",
-        &f.inv,
-        "--detach",
-        "--session",
-        "det-1",
-        "--store",
-        &store,
-        "--bus",
-        &redis.url,
-    ]);
-    assert!(up.status.success(), "apply --detach: {}", text(&up));
+    let up = apply_detached(&latplan, &f.inv, "det-1", &store, &redis);
     assert!(
         text(&up).contains("running in the background"),
         "{}",
@@ -231,4 +254,77 @@ fn a_detached_session_shows_its_rates_and_stop_prints_the_report_then_teardown_c
     let t = super::latplan(&["teardown", &f.inv]);
     assert!(t.status.success(), "{}", text(&t));
     super::assert_clean("after teardown of a detached session");
+}
+
+/// The background collector of a detached session is killed (-9) mid-session: `status` shows it
+/// dead, and `latplan stop` finishes the session itself, claiming what the dead collector had
+/// read and not acknowledged: every record the observers said they sent is stored, once, the
+/// report is printed, and the session's Redis accounts and keys are gone.
+#[test]
+fn stop_finishes_a_detached_session_whose_collector_was_killed() {
+    let f = Fresh::take();
+    let redis = LabRedis::start(16393);
+    let (db, pw) = mariadb("lp_detach_killed");
+    let state = tempfile::tempdir().unwrap();
+    let latplan = |args: &[&str]| {
+        Command::new(LATPLAN)
+            .args(args)
+            .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
+            .env("LATPLAN_STATE_DIR", state.path())
+            .env("LATPLAN_DB_PASSWORD", &pw)
+            .env("LATPLAN_BUS_PASSWORD", &redis.password)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let status = || -> serde_json::Value {
+        let o = latplan(&["status", "det-kill", "--format", "json"]);
+        serde_json::from_slice(&o.stdout).unwrap_or_default()
+    };
+    let _traffic = Traffic::start(90, "10M");
+    apply_detached(&latplan, &f.inv, "det-kill", &db, &redis);
+    let mut last = serde_json::Value::Null;
+    wait_until(
+        Duration::from_secs(60),
+        "status shows records flowing",
+        || {
+            last = status();
+            last[0]["state"] == "running"
+                && last[0]["status"]["records_per_sec"].as_f64().unwrap_or(0.0) > 0.0
+        },
+    );
+    // One more status period: the collector stores the clock fits on each.
+    std::thread::sleep(Duration::from_secs(6));
+    let pid = last[0]["pid"]
+        .as_i64()
+        .expect("status names the collector's pid") as i32;
+    // SAFETY: plain syscall; the PID is the session's background latplan, as status says.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGKILL) },
+        0,
+        "kill -9 {pid}"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "status shows the collector dead",
+        || {
+            last = status();
+            last[0]["state"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("dead"))
+        },
+    );
+
+    let stop = latplan(&["stop"]);
+    let out = text(&stop);
+    assert!(stop.status.success(), "stop: {out}");
+    assert!(out.contains("collecting the rest from Redis"), "{out}");
+    assert!(out.contains("e2e ct1→vm2"), "stop prints the report: {out}");
+    assert!(out.contains("failed=0 unreachable=0"), "{out}");
+    assert_eq!(status()[0]["state"], "completed");
+    assert_every_record_stored(&db, &pw, "det-kill", &redis, &out);
+
+    let t = super::latplan(&["teardown", &f.inv]);
+    assert!(t.status.success(), "{}", text(&t));
+    super::assert_clean("after teardown of a detached session whose collector was killed");
 }

@@ -2,7 +2,9 @@
 //! Afterwards every record is stored exactly once, or its loss is reported with count and place.
 use std::time::Duration;
 
-use planner::collector::redis::{DEFAULT_MAXLEN, RedisSource, acl_user};
+use planner::collector::redis::{
+    DEFAULT_MAXLEN, RedisSource, RedisSourceSummary, SourceOptions, acl_user,
+};
 use planner::collector::synthetic::SyntheticObserver;
 use planner::collector::{Collector, CollectorConfig};
 
@@ -150,24 +152,22 @@ async fn mariadb_stopped_for_ten_seconds() {
     store.close().await;
 }
 
-/// The collector dies abruptly (its runtime torn down mid-batch, connections cut, nothing
-/// flushed) and a new one starts with the same consumer name: it re-reads the unacknowledged
-/// entries and the store ends up with every record exactly once.
-#[tokio::test]
-async fn collector_killed_and_restarted() {
-    let _g = SERVICES.read().await;
-    let bus = redis_bus().await;
-    let (store, dir) = sqlite_store("collector-kill").await;
-    let session = "collector-kill";
-    let s = store.open_session(session).await.unwrap();
-    let f = fleet(&bus, session, 3, 300, 100, Duration::from_millis(8), 4096).await;
-    let hosts = f.hosts.clone();
-    // The first collector, in a runtime of its own that is torn down without any shutdown.
+/// Runs a collector (consumer `consumer`) in a runtime of its own for 1.2 s, then tears the
+/// runtime down without any shutdown: connections cut, nothing flushed, what it read and had not
+/// committed left unacknowledged, as when the process is killed. Returns the records it had
+/// committed by then.
+async fn killed_collector(
+    store: &Store,
+    s: SessionId,
+    session: &str,
+    hosts: &[String],
+    consumer: &'static str,
+) -> u64 {
     let url = match store.url() {
         StoreUrl::SqliteFile(p) => format!("sqlite://{}", p.display()),
         other => panic!("unexpected store {other:?}"),
     };
-    let (h2, sess) = (hosts.clone(), session.to_string());
+    let (h2, sess) = (hosts.to_vec(), session.to_string());
     let crashed = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -185,7 +185,7 @@ async fn collector_killed_and_restarted() {
                     ..Default::default()
                 },
             );
-            let src = RedisSource::start(&c, bus, &sess, &h2, "collector")
+            let src = RedisSource::start(&c, bus, &sess, &h2, consumer)
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -197,34 +197,127 @@ async fn collector_killed_and_restarted() {
         rt.shutdown_background();
         records
     });
-    let committed_before_crash = tokio::task::spawn_blocking(move || crashed.join().unwrap())
+    let committed = tokio::task::spawn_blocking(move || crashed.join().unwrap())
         .await
         .unwrap();
     assert!(
-        committed_before_crash > 0,
+        committed > 0,
         "the first collector stored something before it died"
     );
+    committed
+}
+
+/// Entries of the collector group that `consumer` read and has not acknowledged.
+async fn pending_of(session: &str, hosts: &[String], consumer: &str) -> usize {
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut n = 0;
+    for h in hosts {
+        let entries: Vec<redis::Value> = redis::cmd("XPENDING")
+            .arg(planner::collector::redis::stream_key(session, h))
+            .arg(planner::collector::redis::GROUP)
+            .arg("-")
+            .arg("+")
+            .arg(1_000_000)
+            .arg(consumer)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        n += entries.len();
+    }
+    n
+}
+
+/// A successor collector (consumer `consumer`) starts after a killed one and reads until the
+/// fleet has finished: every record ends up stored exactly once, none in a gap. Returns what the
+/// successor's source did.
+#[expect(clippy::too_many_arguments, reason = "one scenario's inputs")]
+async fn successor_stores_the_rest(
+    bus: &Arc<RedisBus>,
+    store: &Store,
+    s: SessionId,
+    session: &str,
+    f: Fleet,
+    committed_before_crash: u64,
+    consumer: &str,
+    options: SourceOptions,
+) -> RedisSourceSummary {
+    let hosts = f.hosts.clone();
     let c = Collector::start(store.clone(), s, CollectorConfig::default());
-    let mut src = RedisSource::start(&c, bus.clone(), session, &hosts, "collector")
+    let mut src = RedisSource::start_with(&c, bus.clone(), session, &hosts, consumer, options)
         .await
         .unwrap();
     let results = f.join().await;
-    wait_drained(&bus, session, &hosts, Duration::from_secs(60)).await;
+    wait_drained(bus, session, &hosts, Duration::from_secs(60)).await;
     src.stop_reading().await.unwrap();
     let rep = c.finish().await.unwrap();
-    src.finish().await.unwrap();
+    let sum = src.finish().await.unwrap();
     eprintln!(
-        "before the crash {committed_before_crash} records; after restart {} new, {} duplicates",
-        rep.counters.records, rep.counters.duplicates
+        "before the crash {committed_before_crash} records; the successor claimed {} entries, stored {} new records, {} duplicates",
+        sum.claimed, rep.counters.records, rep.counters.duplicates
     );
     assert!(rep.gaps.is_empty(), "{:?}", rep.gaps);
     for (h, n, _) in &results {
-        assert_eq!(assert_accounted(&store, s, h, *n).await, (*n, 0));
+        assert_eq!(assert_accounted(store, s, h, *n).await, (*n, 0));
     }
     assert_eq!(
         committed_before_crash + rep.counters.records,
         store.count_samples(s).await.unwrap()
     );
+    sum
+}
+
+/// The collector dies abruptly (its runtime torn down mid-batch, connections cut, nothing
+/// flushed) and a new one starts with the same consumer name: it re-reads the unacknowledged
+/// entries and the store ends up with every record exactly once.
+#[tokio::test]
+async fn collector_killed_and_restarted() {
+    let _g = SERVICES.read().await;
+    let bus = redis_bus().await;
+    let (store, dir) = sqlite_store("collector-kill").await;
+    let session = "collector-kill";
+    let s = store.open_session(session).await.unwrap();
+    let f = fleet(&bus, session, 3, 300, 100, Duration::from_millis(8), 4096).await;
+    let hosts = f.hosts.clone();
+    let before = killed_collector(&store, s, session, &hosts, "collector").await;
+    let options = SourceOptions::default();
+    successor_stores_the_rest(&bus, &store, s, session, f, before, "collector", options).await;
+    cleanup(&bus, session, &hosts).await;
+    store.close().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The collector dies abruptly and a collector with another consumer name takes over: once the
+/// dead one's unacknowledged entries have been idle for `claim_idle` it claims them
+/// (`XAUTOCLAIM`) and stores them, so every record is stored exactly once and nothing stays
+/// pending under the dead consumer.
+#[tokio::test]
+async fn another_collector_claims_what_a_killed_one_left_unacknowledged() {
+    let _g = SERVICES.read().await;
+    let bus = redis_bus().await;
+    let (store, dir) = sqlite_store("collector-claim").await;
+    let session = "collector-claim";
+    let s = store.open_session(session).await.unwrap();
+    let f = fleet(&bus, session, 3, 300, 100, Duration::from_millis(8), 4096).await;
+    let hosts = f.hosts.clone();
+    let before = killed_collector(&store, s, session, &hosts, "dead").await;
+    let left = pending_of(session, &hosts, "dead").await;
+    assert!(
+        left > 0,
+        "the killed collector left entries unacknowledged (else this test shows nothing)"
+    );
+    let options = SourceOptions {
+        claim_idle: Duration::from_secs(2),
+        claim_every: Duration::from_millis(500),
+        ..SourceOptions::default()
+    };
+    let sum =
+        successor_stores_the_rest(&bus, &store, s, session, f, before, "successor", options).await;
+    assert!(
+        sum.claimed >= left as u64,
+        "the successor claimed the {left} entries the dead collector left ({sum:?})"
+    );
+    assert_eq!(pending_of(session, &hosts, "dead").await, 0);
     cleanup(&bus, session, &hosts).await;
     store.close().await;
     std::fs::remove_dir_all(dir).unwrap();

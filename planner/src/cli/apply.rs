@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use futures::future::join_all;
 use tokio::sync::{Semaphore, watch};
 
+use super::interrupt::Interrupts;
 use super::inventory::load;
 use super::{Command, ConnectArgs, Global, Outcome, print_out};
 use crate::collector::{Collector, CollectorConfig};
@@ -108,24 +109,31 @@ impl Args {
             .session
             .clone()
             .unwrap_or_else(session::new_session_name);
-        let (opts, _control_dir) = self.connect.options()?;
-        let rt = super::runtime()?;
+        let (opts, control_dir) = self.connect.options()?;
         let mut recap = Recap::new(inv.order.iter().cloned());
-        let ran = rt.block_on(async {
-            let pool = connect(&inv, &opts, &mut recap).await;
-            let facts =
-                converge_all(&inv, &pool, &artifacts, self.check, opts.forks, &mut recap).await;
-            if self.check {
+        let (args, inv, artifacts, opts) = (&self, &inv, &artifacts, &opts);
+        let (store_url, session, recap_now) = (&store_url, &session, &mut recap);
+        let ran = super::block_on_hosts(|interrupts| async move {
+            let recap = recap_now;
+            let pool = connect(inv, opts, recap).await;
+            let facts = converge_all(inv, &pool, artifacts, args.check, opts.forks, recap).await;
+            if args.check {
+                pool.close().await;
                 return Ok(false);
             }
-            enforce_fail_limit(&recap, &inv, self.max_fail_percent)?;
-            let r = run_session(
-                &self, &inv, &pool, &facts, &artifacts, &store_url, &session, &mut recap,
-            )
-            .await;
+            enforce_fail_limit(recap, inv, args.max_fail_percent)?;
+            let hosts = Hosts {
+                inv,
+                pool: &pool,
+                facts: &facts,
+                interrupts: &interrupts,
+            };
+            let r = run_session(args, hosts, artifacts, store_url, session, recap).await;
             pool.close().await;
             r.map(|()| true)
         });
+        // Every master ends here, on every path: a lost host's included.
+        control_dir.close();
         let ran = match ran {
             Ok(r) => r,
             Err(e) => {
@@ -136,9 +144,9 @@ impl Args {
         if ran {
             eprintln!(
                 "session {session} stored in {}",
-                crate::store::redact(&store_url)
+                crate::store::redact(store_url)
             );
-            report(&store_url, &session, self.html.as_ref())?;
+            report(store_url, session, self.html.as_ref())?;
         }
         print_out(&recap.render())?;
         Ok(if recap.failed_hosts().is_empty() {
@@ -247,20 +255,29 @@ fn enforce_fail_limit(recap: &Recap, inv: &Inventory, max_percent: u8) -> anyhow
     Ok(())
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; the session's whole context"
-)]
+/// The hosts as connect and converge left them, and the signals that end the session.
+#[derive(Clone, Copy)]
+struct Hosts<'a> {
+    inv: &'a Inventory,
+    pool: &'a Pool,
+    facts: &'a BTreeMap<String, crate::facts::Facts>,
+    interrupts: &'a Interrupts,
+}
+
 async fn run_session(
     args: &Args,
-    inv: &Inventory,
-    pool: &Pool,
-    facts: &BTreeMap<String, crate::facts::Facts>,
+    hosts: Hosts<'_>,
     artifacts: &[Artifact],
     store_url: &str,
     session: &str,
     recap: &mut Recap,
 ) -> anyhow::Result<()> {
+    let Hosts {
+        inv,
+        pool,
+        facts,
+        interrupts,
+    } = hosts;
     let store = Store::open(store_url).await.with_context(|| {
         format!(
             "failed to open the store {}",
@@ -373,6 +390,7 @@ async fn run_session(
         observed: &observed,
         collector: &collector,
         prober: &prober,
+        interrupts,
     };
     let (interrupted, redis) = if inv.session.bus == "ssh" {
         (observe_over_ssh(ctx, recap).await?, None)
@@ -432,6 +450,7 @@ struct Observing<'a> {
     observed: &'a [String],
     collector: &'a Arc<Collector>,
     prober: &'a Prober,
+    interrupts: &'a Interrupts,
 }
 
 /// SSH bus: each observer in the foreground of its channel, records on its stdout. Returns
@@ -445,6 +464,7 @@ async fn observe_over_ssh(ctx: Observing<'_>, recap: &mut Recap) -> anyhow::Resu
         observed,
         collector,
         prober,
+        interrupts,
     } = ctx;
     let (stop_tx, stop_rx) = watch::channel(false);
     let starts = observed.iter().map(|name| {
@@ -479,7 +499,15 @@ async fn observe_over_ssh(ctx: Observing<'_>, recap: &mut Recap) -> anyhow::Resu
     announce(session, running.len(), args.duration);
     // The user's steps (steps.yaml) start once observers are up (executor/steps.rs).
     let user = start_user_steps(inv, pool, running.iter().map(|(n, _)| n.clone()), recap).await;
-    let interrupted = watch_session(args.duration, collector, prober, &mut running, recap).await;
+    let interrupted = watch_session(
+        args.duration,
+        interrupts,
+        collector,
+        prober,
+        &mut running,
+        recap,
+    )
+    .await;
     crate::executor::steps::stop_started(inv, &pool.connected, &user.started_on).await;
     let _ = stop_tx.send(true);
     let ends = join_all(running.into_iter().map(|(_, h)| h)).await;
@@ -504,6 +532,7 @@ async fn observe_over_redis(
         observed,
         collector,
         prober,
+        interrupts,
     } = ctx;
     let bus = observe_redis::connect_bus(&inv.session.bus, inv.session.bus_password()?).await?;
     let targets = observed
@@ -548,7 +577,7 @@ async fn observe_over_redis(
             &lost,
         );
     }
-    let end = session_end(args.duration);
+    let end = session_end(args.duration, interrupts);
     tokio::pin!(end);
     let interrupted = loop {
         tokio::select! {
@@ -627,23 +656,17 @@ fn announce(session: &str, observers: usize, duration: Duration) {
     );
 }
 
-/// Ends after `duration`, or earlier on Ctrl-C or SIGTERM (`latplan stop`): true when early.
-async fn session_end(duration: Duration) -> bool {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            tokio::time::sleep(duration).await;
-            return false;
-        }
-    };
+/// Ends after `duration`, or earlier on Ctrl-C, SIGTERM (`latplan stop`) or SIGHUP: true when
+/// early. A second signal, while observers stop, aborts the command (cli::interrupt).
+async fn session_end(duration: Duration, interrupts: &Interrupts) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(duration) => false,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("interrupted: stopping observers and collecting what they have");
-            true
-        }
-        _ = term.recv() => {
-            eprintln!("asked to stop: stopping observers and collecting what they have");
+        sig = interrupts.session_end() => {
+            if sig == "SIGINT" {
+                eprintln!("interrupted: stopping observers and collecting what they have");
+            } else {
+                eprintln!("asked to stop ({sig}): stopping observers and collecting what they have");
+            }
             true
         }
     }
@@ -653,6 +676,7 @@ async fn session_end(duration: Duration) -> bool {
 /// observers that end early (a lost host). True when interrupted.
 async fn watch_session(
     duration: Duration,
+    interrupts: &Interrupts,
     collector: &Collector,
     prober: &Prober,
     running: &mut Vec<(String, tokio::task::JoinHandle<ObserverEnd>)>,
@@ -662,7 +686,7 @@ async fn watch_session(
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
     let mut last = collector.counters().snapshot();
-    let end = session_end(duration);
+    let end = session_end(duration, interrupts);
     tokio::pin!(end);
     loop {
         tokio::select! {

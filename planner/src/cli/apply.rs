@@ -29,6 +29,7 @@ use crate::store::{HostRecord, Store};
 use crate::tasks::artifacts::{Artifact, Artifacts, OBSERVER, TIMESYNC};
 use crate::transport::{Pool, Transport};
 
+mod attach;
 mod detach;
 
 #[derive(Debug, clap::Args)]
@@ -57,6 +58,10 @@ pub struct Args {
     /// How long to wait for every clock domain to be synced within its bound.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     sync_timeout: Duration,
+    /// How long to wait for every observer to report its programs attached before the
+    /// session's clock starts (SSH bus); a host still loading then is failed.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    attach_timeout: Duration,
     /// Start everything, leave a background `latplan` that renews the leases and collects, and
     /// return (Redis bus only). `latplan status` shows it, `latplan stop` ends it with the report.
     #[arg(long, conflicts_with = "check")]
@@ -400,6 +405,7 @@ async fn run_session(
     };
     // `latplan stop` is how a detached session ends normally.
     let interrupted = interrupted && !args.detached_child;
+    let clocks_stop = Instant::now();
     let (sync, prober_err) = prober.stop().await;
     if !prober_err.trim().is_empty() {
         eprintln!(
@@ -414,6 +420,10 @@ async fn run_session(
             .map(|r| r.stop(Duration::from_secs(5))),
     )
     .await;
+    eprintln!(
+        "timesync stopped in {:.1} s",
+        clocks_stop.elapsed().as_secs_f64()
+    );
     let collector =
         Arc::try_unwrap(collector).map_err(|_| anyhow::anyhow!("collector still shared"))?;
     let collected = collector.finish().await?;
@@ -466,38 +476,51 @@ async fn observe_over_ssh(ctx: Observing<'_>, recap: &mut Recap) -> anyhow::Resu
         prober,
         interrupts,
     } = ctx;
-    let (stop_tx, stop_rx) = watch::channel(false);
     let starts = observed.iter().map(|name| {
         let host = &inv.hosts[name];
         let t: Arc<dyn Transport> = pool.connected[name].clone();
-        let (c, rx) = (collector.clone(), stop_rx.clone());
+        let c = collector.clone();
+        // A switch per observer: one that never attaches is stopped on its own.
+        let (stop, stop_rx) = watch::channel(false);
         async move {
-            observe::start(
+            let r = observe::start(
                 t.as_ref(),
                 &Layout::of(host),
                 session,
                 host.become_root,
                 c,
-                rx,
+                stop_rx,
             )
-            .await
+            .await;
+            (stop, r)
         }
     });
-    let mut running = Vec::new();
-    for (name, r) in observed.iter().zip(join_all(starts).await) {
+    let mut started = Vec::new();
+    for (name, (stop, r)) in observed.iter().zip(join_all(starts).await) {
         match r {
-            Ok(h) => running.push((name.clone(), h)),
+            Ok(s) => started.push((name.clone(), stop, s)),
             Err(e) => recap.set(
                 name,
                 HostOutcome::Failed(format!("failed to start the observer: {e:#}")),
             ),
         }
     }
-    if running.is_empty() {
+    let attach::Attached {
+        running: observers,
+        given_up,
+    } = attach::wait_for_attach(started, args.attach_timeout, recap).await;
+    if observers.is_empty() {
+        attach::release(given_up, Duration::from_secs(10)).await;
         bail!("no observer could be started");
     }
+    let mut stops = Vec::new();
+    let mut running = Vec::new();
+    for o in observers {
+        stops.push(o.stop);
+        running.push((o.host, o.task));
+    }
     announce(session, running.len(), args.duration);
-    // The user's steps (steps.yaml) start once observers are up (executor/steps.rs).
+    // The user's steps (steps.yaml) start once observers are attached (executor/steps.rs).
     let user = start_user_steps(inv, pool, running.iter().map(|(n, _)| n.clone()), recap).await;
     let interrupted = watch_session(
         args.duration,
@@ -509,8 +532,19 @@ async fn observe_over_ssh(ctx: Observing<'_>, recap: &mut Recap) -> anyhow::Resu
     )
     .await;
     crate::executor::steps::stop_started(inv, &pool.connected, &user.started_on).await;
-    let _ = stop_tx.send(true);
-    let ends = join_all(running.into_iter().map(|(_, h)| h)).await;
+    let stopping = Instant::now();
+    eprintln!("stopping {} observer(s)…", running.len());
+    for stop in &stops {
+        let _ = stop.send(true);
+    }
+    let (ends, ()) = tokio::join!(
+        join_all(running.into_iter().map(|(_, h)| h)),
+        attach::release(given_up, Duration::from_secs(10)),
+    );
+    eprintln!(
+        "observers detached and flushed in {:.1} s",
+        stopping.elapsed().as_secs_f64()
+    );
     for end in ends.into_iter().flatten() {
         note_observer_end(recap, &end);
     }

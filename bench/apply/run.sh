@@ -43,10 +43,16 @@ if ! "$venv/bin/ansible-playbook" --version 2>/dev/null | grep -q "core $ANSIBLE
 fi
 
 lab() { "$here/lab.sh" "$@" >>"$LOGS/lab.log" 2>&1; }
-trap 'lab down || true' EXIT
+# latplan's SSH control directories go to a temporary directory of the benchmark's own (short:
+# socket paths are limited to 107 bytes), never near anyone else's.
+ltmp=$(mktemp -d)
+trap 'lab down || true; rm -rf "$ltmp"' EXIT
 
-# Prefixes each line with the seconds since the command started (where the time goes).
-stamp() { awk -v t0="$1" '{ "date +%s.%N" | getline now; close("date +%s.%N"); printf "%7.2f %s\n", now - t0, $0; fflush() }'; }
+# Prefixes each line with the seconds since the command started (where the time goes). One
+# process for the whole log: a clock read per line, no fork per line. (A `date` per line cost
+# 30-200 ms each on a loaded machine, so the stamps lagged and the timed pipeline ended late by
+# up to tens of seconds for commands that print hundreds of lines, Ansible's most of all.)
+stamp() { perl -MTime::HiRes=time -e '$| = 1; my $t0 = shift; while (<STDIN>) { printf "%7.2f %s", time - $t0, $_ }' "$1"; }
 
 # Seconds (2 decimals) a command takes; its output goes to a log, each line time-stamped.
 timed() {
@@ -78,16 +84,18 @@ ansible_cmd() {
     -e "timesync_sha256=$(sha256sum "$LATPLAN_ARTIFACTS/timesync" | cut -d' ' -f1)")
 }
 
-echo "| hosts | latplan apply | latplan teardown | latplan total | latplan CPU | ansible apply | ansible teardown | ansible total | ansible CPU | ratio (total) | ratio (without the ${duration} s session) |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| hosts | load (1 min) | latplan apply | latplan teardown | latplan total | latplan CPU | ansible apply | ansible teardown | ansible total | ansible CPU | ratio (total) | ratio (without the ${duration} s session) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for n in "${sizes[@]}"; do
   la=() lt=() aa=() at=() lc=() ac=()
+  # The machine is shared: its load when this size starts is part of the result.
+  read -r load _ </proc/loadavg
   for r in $(seq "$repeat"); do
     lab up "$n"
     inv=$BENCH_DIR/inventory
     # latplan: a fresh apply (everything pushed) with a session of $duration, then teardown.
-    la+=("$(timed "$LOGS/latplan-apply-$n-$r.log" "$latplan" apply "$inv" --duration "${duration}s" --forks "$n")")
-    lt+=("$(timed "$LOGS/latplan-teardown-$n-$r.log" "$latplan" teardown "$inv" --forks "$n")")
+    la+=("$(timed "$LOGS/latplan-apply-$n-$r.log" env TMPDIR="$ltmp" "$latplan" apply "$inv" --duration "${duration}s" --forks "$n")")
+    lt+=("$(timed "$LOGS/latplan-teardown-$n-$r.log" env TMPDIR="$ltmp" "$latplan" teardown "$inv" --forks "$n")")
     # Ansible: the same hosts, fresh (its own install dirs), each play one ansible-playbook run.
     ansible_cmd "$n" apply.yml
     aa+=("$(timed "$LOGS/ansible-apply-$n-$r.log" "${cmd[@]}")")
@@ -100,8 +108,8 @@ for n in "${sizes[@]}"; do
   m_la=$(echo "${la[*]}" | median); m_lt=$(echo "${lt[*]}" | median)
   m_aa=$(echo "${aa[*]}" | median); m_at=$(echo "${at[*]}" | median)
   m_lc=$(echo "${lc[*]}" | median); m_ac=$(echo "${ac[*]}" | median)
-  awk -v n="$n" -v la="$m_la" -v lt="$m_lt" -v aa="$m_aa" -v at="$m_at" -v d="$duration" -v lc="$m_lc" -v ac="$m_ac" 'BEGIN {
+  awk -v n="$n" -v ld="$load" -v la="$m_la" -v lt="$m_lt" -v aa="$m_aa" -v at="$m_at" -v d="$duration" -v lc="$m_lc" -v ac="$m_ac" 'BEGIN {
     lsum = la + lt; asum = aa + at
-    printf "| %d | %.1f s | %.1f s | **%.1f s** | %.1f s | %.1f s | %.1f s | **%.1f s** | %.1f s | %.1f× | %.1f× |\n",
-      n, la, lt, lsum, lc, aa, at, asum, ac, asum / lsum, (asum - d) / (lsum - d) }'
+    printf "| %d | %s | %.1f s | %.1f s | **%.1f s** | %.1f s | %.1f s | %.1f s | **%.1f s** | %.1f s | %.1f× | %.1f× |\n",
+      n, ld, la, lt, lsum, lc, aa, at, asum, ac, asum / lsum, (asum - d) / (lsum - d) }'
 done

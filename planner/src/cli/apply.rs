@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use futures::future::join_all;
 use tokio::sync::{Semaphore, watch};
 
+use super::interrupt::Interrupts;
 use super::inventory::load;
 use super::{Command, ConnectArgs, Global, Outcome, print_out};
 use crate::collector::{Collector, CollectorConfig};
@@ -28,6 +29,7 @@ use crate::store::{HostRecord, Store};
 use crate::tasks::artifacts::{Artifact, Artifacts, OBSERVER, TIMESYNC};
 use crate::transport::{Pool, Transport};
 
+mod attach;
 mod detach;
 pub(super) mod resume;
 
@@ -57,6 +59,10 @@ pub struct Args {
     /// How long to wait for every clock domain to be synced within its bound.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     sync_timeout: Duration,
+    /// How long to wait for every observer to report its programs attached before the
+    /// session's clock starts (SSH bus); a host still loading then is failed.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    attach_timeout: Duration,
     /// Start everything, leave a background `latplan` that renews the leases and collects, and
     /// return (Redis bus only). `latplan status` shows it, `latplan stop` ends it with the report.
     #[arg(long, conflicts_with = "check")]
@@ -109,24 +115,31 @@ impl Args {
             .session
             .clone()
             .unwrap_or_else(session::new_session_name);
-        let (opts, _control_dir) = self.connect.options()?;
-        let rt = super::runtime()?;
+        let (opts, control_dir) = self.connect.options()?;
         let mut recap = Recap::new(inv.order.iter().cloned());
-        let ran = rt.block_on(async {
-            let pool = connect(&inv, &opts, &mut recap).await;
-            let facts =
-                converge_all(&inv, &pool, &artifacts, self.check, opts.forks, &mut recap).await;
-            if self.check {
+        let (args, inv, artifacts, opts) = (&self, &inv, &artifacts, &opts);
+        let (store_url, session, recap_now) = (&store_url, &session, &mut recap);
+        let ran = super::block_on_hosts(|interrupts| async move {
+            let recap = recap_now;
+            let pool = connect(inv, opts, recap).await;
+            let facts = converge_all(inv, &pool, artifacts, args.check, opts.forks, recap).await;
+            if args.check {
+                pool.close().await;
                 return Ok(false);
             }
-            enforce_fail_limit(&recap, &inv, self.max_fail_percent)?;
-            let r = run_session(
-                &self, &inv, &pool, &facts, &artifacts, &store_url, &session, &mut recap,
-            )
-            .await;
+            enforce_fail_limit(recap, inv, args.max_fail_percent)?;
+            let hosts = Hosts {
+                inv,
+                pool: &pool,
+                facts: &facts,
+                interrupts: &interrupts,
+            };
+            let r = run_session(args, hosts, artifacts, store_url, session, recap).await;
             pool.close().await;
             r.map(|()| true)
         });
+        // Every master ends here, on every path: a lost host's included.
+        control_dir.close();
         let ran = match ran {
             Ok(r) => r,
             Err(e) => {
@@ -137,9 +150,9 @@ impl Args {
         if ran {
             eprintln!(
                 "session {session} stored in {}",
-                crate::store::redact(&store_url)
+                crate::store::redact(store_url)
             );
-            report(&store_url, &session, self.html.as_ref())?;
+            report(store_url, session, self.html.as_ref())?;
         }
         print_out(&recap.render())?;
         Ok(if recap.failed_hosts().is_empty() {
@@ -248,20 +261,29 @@ fn enforce_fail_limit(recap: &Recap, inv: &Inventory, max_percent: u8) -> anyhow
     Ok(())
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; the session's whole context"
-)]
+/// The hosts as connect and converge left them, and the signals that end the session.
+#[derive(Clone, Copy)]
+struct Hosts<'a> {
+    inv: &'a Inventory,
+    pool: &'a Pool,
+    facts: &'a BTreeMap<String, crate::facts::Facts>,
+    interrupts: &'a Interrupts,
+}
+
 async fn run_session(
     args: &Args,
-    inv: &Inventory,
-    pool: &Pool,
-    facts: &BTreeMap<String, crate::facts::Facts>,
+    hosts: Hosts<'_>,
     artifacts: &[Artifact],
     store_url: &str,
     session: &str,
     recap: &mut Recap,
 ) -> anyhow::Result<()> {
+    let Hosts {
+        inv,
+        pool,
+        facts,
+        interrupts,
+    } = hosts;
     let store = Store::open(store_url).await.with_context(|| {
         format!(
             "failed to open the store {}",
@@ -375,6 +397,7 @@ async fn run_session(
         observed: &observed,
         collector: &collector,
         prober: &prober,
+        interrupts,
     };
     let (interrupted, redis) = if inv.session.bus == "ssh" {
         (observe_over_ssh(ctx, recap).await?, None)
@@ -384,6 +407,7 @@ async fn run_session(
     };
     // `latplan stop` is how a detached session ends normally.
     let interrupted = interrupted && !args.detached_child;
+    let clocks_stop = Instant::now();
     let (sync, prober_err) = prober.stop().await;
     if !prober_err.trim().is_empty() {
         eprintln!(
@@ -398,6 +422,10 @@ async fn run_session(
             .map(|r| r.stop(Duration::from_secs(5))),
     )
     .await;
+    eprintln!(
+        "timesync stopped in {:.1} s",
+        clocks_stop.elapsed().as_secs_f64()
+    );
     let collector =
         Arc::try_unwrap(collector).map_err(|_| anyhow::anyhow!("collector still shared"))?;
     let collected = collector.finish().await?;
@@ -435,6 +463,7 @@ struct Observing<'a> {
     observed: &'a [String],
     collector: &'a Arc<Collector>,
     prober: &'a Prober,
+    interrupts: &'a Interrupts,
 }
 
 /// SSH bus: each observer in the foreground of its channel, records on its stdout. Returns
@@ -448,45 +477,78 @@ async fn observe_over_ssh(ctx: Observing<'_>, recap: &mut Recap) -> anyhow::Resu
         observed,
         collector,
         prober,
+        interrupts,
         ..
     } = ctx;
-    let (stop_tx, stop_rx) = watch::channel(false);
     let starts = observed.iter().map(|name| {
         let host = &inv.hosts[name];
         let t: Arc<dyn Transport> = pool.connected[name].clone();
-        let (c, rx) = (collector.clone(), stop_rx.clone());
+        let c = collector.clone();
+        // A switch per observer: one that never attaches is stopped on its own.
+        let (stop, stop_rx) = watch::channel(false);
         async move {
-            observe::start(
+            let r = observe::start(
                 t.as_ref(),
                 &Layout::of(host),
                 session,
                 host.become_root,
                 c,
-                rx,
+                stop_rx,
             )
-            .await
+            .await;
+            (stop, r)
         }
     });
-    let mut running = Vec::new();
-    for (name, r) in observed.iter().zip(join_all(starts).await) {
+    let mut started = Vec::new();
+    for (name, (stop, r)) in observed.iter().zip(join_all(starts).await) {
         match r {
-            Ok(h) => running.push((name.clone(), h)),
+            Ok(s) => started.push((name.clone(), stop, s)),
             Err(e) => recap.set(
                 name,
                 HostOutcome::Failed(format!("failed to start the observer: {e:#}")),
             ),
         }
     }
-    if running.is_empty() {
+    let attach::Attached {
+        running: observers,
+        given_up,
+    } = attach::wait_for_attach(started, args.attach_timeout, recap).await;
+    if observers.is_empty() {
+        attach::release(given_up, Duration::from_secs(10)).await;
         bail!("no observer could be started");
     }
+    let mut stops = Vec::new();
+    let mut running = Vec::new();
+    for o in observers {
+        stops.push(o.stop);
+        running.push((o.host, o.task));
+    }
     announce(session, running.len(), args.duration);
-    // The user's steps (steps.yaml) start once observers are up (executor/steps.rs).
+    // The user's steps (steps.yaml) start once observers are attached (executor/steps.rs).
     let user = start_user_steps(inv, pool, running.iter().map(|(n, _)| n.clone()), recap).await;
-    let interrupted = watch_session(args.duration, collector, prober, &mut running, recap).await;
+    let interrupted = watch_session(
+        args.duration,
+        interrupts,
+        collector,
+        prober,
+        &mut running,
+        recap,
+    )
+    .await;
     crate::executor::steps::stop_started(inv, &pool.connected, &user.started_on).await;
-    let _ = stop_tx.send(true);
-    let ends = join_all(running.into_iter().map(|(_, h)| h)).await;
+    let stopping = Instant::now();
+    eprintln!("stopping {} observer(s)…", running.len());
+    for stop in &stops {
+        let _ = stop.send(true);
+    }
+    let (ends, ()) = tokio::join!(
+        join_all(running.into_iter().map(|(_, h)| h)),
+        attach::release(given_up, Duration::from_secs(10)),
+    );
+    eprintln!(
+        "observers detached and flushed in {:.1} s",
+        stopping.elapsed().as_secs_f64()
+    );
     for end in ends.into_iter().flatten() {
         note_observer_end(recap, &end);
     }
@@ -509,6 +571,7 @@ async fn observe_over_redis(
         observed,
         collector,
         prober,
+        interrupts,
     } = ctx;
     let bus = observe_redis::connect_bus(&inv.session.bus, inv.session.bus_password()?).await?;
     let targets = observed
@@ -571,7 +634,7 @@ async fn observe_over_redis(
             &lost,
         );
     }
-    let end = session_end(args.duration);
+    let end = session_end(args.duration, interrupts);
     tokio::pin!(end);
     let interrupted = loop {
         tokio::select! {
@@ -672,23 +735,17 @@ fn announce(session: &str, observers: usize, duration: Duration) {
     );
 }
 
-/// Ends after `duration`, or earlier on Ctrl-C or SIGTERM (`latplan stop`): true when early.
-async fn session_end(duration: Duration) -> bool {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            tokio::time::sleep(duration).await;
-            return false;
-        }
-    };
+/// Ends after `duration`, or earlier on Ctrl-C, SIGTERM (`latplan stop`) or SIGHUP: true when
+/// early. A second signal, while observers stop, aborts the command (cli::interrupt).
+async fn session_end(duration: Duration, interrupts: &Interrupts) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(duration) => false,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("interrupted: stopping observers and collecting what they have");
-            true
-        }
-        _ = term.recv() => {
-            eprintln!("asked to stop: stopping observers and collecting what they have");
+        sig = interrupts.session_end() => {
+            if sig == "SIGINT" {
+                eprintln!("interrupted: stopping observers and collecting what they have");
+            } else {
+                eprintln!("asked to stop ({sig}): stopping observers and collecting what they have");
+            }
             true
         }
     }
@@ -698,6 +755,7 @@ async fn session_end(duration: Duration) -> bool {
 /// observers that end early (a lost host). True when interrupted.
 async fn watch_session(
     duration: Duration,
+    interrupts: &Interrupts,
     collector: &Collector,
     prober: &Prober,
     running: &mut Vec<(String, tokio::task::JoinHandle<ObserverEnd>)>,
@@ -707,7 +765,7 @@ async fn watch_session(
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
     let mut last = collector.counters().snapshot();
-    let end = session_end(duration);
+    let end = session_end(duration, interrupts);
     tokio::pin!(end);
     loop {
         tokio::select! {

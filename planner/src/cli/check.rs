@@ -63,9 +63,13 @@ impl Command for Args {
         let observer = Artifacts::locate(self.connect.artifacts.as_deref())
             .load(OBSERVER)
             .map_err(|e| format!("{e:#}"));
-        let (opts, _control_dir) = self.connect.options()?;
+        let (opts, control_dir) = self.connect.options()?;
         let started = Instant::now();
-        let reports = super::runtime()?.block_on(run_checks(&inv, &selected, &observer, &opts));
+        let (inv_ref, selected, observer_ref, opts_ref) = (&inv, &selected, &observer, &opts);
+        let reports = super::block_on_hosts(|_| async move {
+            Ok(run_checks(inv_ref, selected, observer_ref, opts_ref).await)
+        })?;
+        control_dir.close();
         let elapsed = started.elapsed();
         let failed = reports.iter().filter(|r| !r.ok).count();
         match self.format {

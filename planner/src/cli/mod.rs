@@ -6,6 +6,7 @@
 mod apply;
 mod check;
 mod import;
+mod interrupt;
 mod inventory;
 mod plan;
 pub mod report;
@@ -16,6 +17,9 @@ mod teardown;
 use std::ffi::OsString;
 
 use clap::Parser;
+
+use crate::transport::ControlDir;
+use interrupt::Interrupts;
 
 /// How a command ended, when it ran to completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,14 +56,10 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    /// Connection options with a fresh private directory for the ControlMaster sockets (removed
-    /// when the returned guard drops).
-    pub fn options(&self) -> anyhow::Result<(crate::transport::ConnectOptions, tempfile::TempDir)> {
-        use anyhow::Context;
-        let dir = tempfile::Builder::new()
-            .prefix("latplan-ssh-")
-            .tempdir()
-            .context("failed to create a directory for SSH control sockets")?;
+    /// Connection options with a fresh private directory for the ControlMaster sockets. The
+    /// returned guard ends every master started in it and removes it when closed or dropped.
+    pub fn options(&self) -> anyhow::Result<(crate::transport::ConnectOptions, ControlDir)> {
+        let dir = ControlDir::create()?;
         let opts = crate::transport::ConnectOptions {
             forks: usize::from(self.forks),
             accept_new_host_keys: self.accept_new_host_keys,
@@ -67,6 +67,27 @@ impl ConnectArgs {
         };
         Ok((opts, dir))
     }
+}
+
+/// Runs work that talks to hosts on a fresh runtime. Ctrl-C, SIGTERM or SIGHUP that no session
+/// takes as its end (cli::interrupt) stops it at once: the work is dropped with its connections,
+/// then the runtime with every task still running. The caller's [`ControlDir`] ends whatever
+/// master is left when it is closed or dropped.
+fn block_on_hosts<T, Fut>(work: impl FnOnce(Interrupts) -> Fut) -> anyhow::Result<T>
+where
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let rt = runtime()?;
+    let r = rt.block_on(async {
+        let interrupts = Interrupts::listen()?;
+        tokio::select! {
+            r = work(interrupts.clone()) => r,
+            sig = interrupts.aborted() => Err(anyhow::anyhow!("interrupted by {sig}")),
+        }
+    });
+    // A blocking task stuck on a lost host must not hold the way out.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    r
 }
 
 /// One subcommand: its arguments, and how it runs.

@@ -75,15 +75,17 @@ impl Command for Args {
                 )
             })
             .collect();
-        let (opts, _dir) = self.connect.options()?;
+        let (opts, dir) = self.connect.options()?;
         let results = if self.offline {
             plans
                 .iter()
                 .map(|p| result(&inv, p, None, &shas, None, BTreeMap::new()))
                 .collect()
         } else {
-            super::runtime()?.block_on(plan_online(&inv, &plans, &shas, &opts))
+            let (inv, plans, shas, opts) = (&inv, &plans, &shas, &opts);
+            super::block_on_hosts(|_| async move { Ok(plan_online(inv, plans, shas, opts).await) })?
         };
+        dir.close();
         match self.format {
             Format::Json => print_out(&serde_json::to_string_pretty(&results)?)?,
             Format::Text => print_out(&render_text(&inv, &results))?,

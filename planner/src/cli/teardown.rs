@@ -26,11 +26,13 @@ pub struct Args {
 impl Command for Args {
     fn run(self, _global: &Global) -> anyhow::Result<Outcome> {
         let inv = load(&self.inventory)?;
-        let (opts, _control_dir) = self.connect.options()?;
+        let (opts, control_dir) = self.connect.options()?;
         let mut recap = Recap::new(inv.order.iter().cloned());
-        super::runtime()?.block_on(async {
-            let kernels = session::kernel_host_names(&inv);
-            let pool = Pool::connect(&inv, &kernels, &opts, &|_h: &str| {}).await;
+        let (inv_ref, opts_ref, recap_now) = (&inv, &opts, &mut recap);
+        super::block_on_hosts(|_| async move {
+            let (inv, opts, recap) = (inv_ref, opts_ref, recap_now);
+            let kernels = session::kernel_host_names(inv);
+            let pool = Pool::connect(inv, &kernels, opts, &|_h: &str| {}).await;
             for (h, e) in &pool.failed {
                 recap.set(h, HostOutcome::Unreachable(e.to_string()));
             }
@@ -57,7 +59,9 @@ impl Command for Args {
                 }
             }
             pool.close().await;
-        });
+            Ok(())
+        })?;
+        control_dir.close();
         for c in inv.hosts().filter(|h| h.kind == Kind::Container) {
             let parent = c.parent.clone().unwrap_or_default();
             recap.set(

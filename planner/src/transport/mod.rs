@@ -5,6 +5,7 @@
 //! stdout of one command), so every transport writes files the same way: to a temporary name
 //! next to the target, checked against its SHA-256, given its mode, then renamed into place.
 mod container;
+mod control_dir;
 mod local;
 mod pool;
 pub mod shell;
@@ -19,6 +20,7 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use container::ContainerTransport;
+pub use control_dir::ControlDir;
 pub use local::LocalTransport;
 pub use pool::{ConnectOptions, Pool, connect_host};
 pub use ssh::SshTransport;

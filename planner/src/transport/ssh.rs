@@ -74,7 +74,8 @@ impl SshTransport {
         b.connect_timeout(timeout);
         b.server_alive_interval(Duration::from_secs(15));
         b.control_directory(control_dir);
-        // Our master lives as long as this process needs it; a crash must not leave it behind.
+        // No persistence of its own: `ssh -f` daemonizes the master, so its end is ours to make
+        // (ControlDir ends every master in `control_dir` on every way out of latplan).
         b.control_persist(openssh::ControlPersist::ClosedAfterInitialConnection);
         // ssh's own ConnectTimeout covers TCP; this covers a stalled key exchange or auth too.
         let session = match tokio::time::timeout(

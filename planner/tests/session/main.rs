@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use labtools::testlab::{self, lab_inventory, lock_lab, ns_command, require_lab};
 
+mod masters;
 mod redis_apply;
 mod redis_observer;
 mod steps;
@@ -219,7 +220,8 @@ fn apply_measures_every_segment_then_teardown_leaves_nothing() {
 fn a_manager_killed_mid_session_leaves_observers_that_expire_and_teardown_cleans() {
     let f = Fresh::take();
     let (inv, store) = (f.inv.as_str(), f.store.as_str());
-    let mut apply = spawn_apply(inv, "120s", store, false);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut apply = spawn_apply(inv, "120s", store, false, tmp.path());
     wait_for_observer("metal1", &mut apply);
     std::thread::sleep(Duration::from_secs(2));
     apply.kill().unwrap(); // SIGKILL: no chance to clean up
@@ -237,13 +239,19 @@ fn a_manager_killed_mid_session_leaves_observers_that_expire_and_teardown_cleans
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let t = latplan(&["teardown", inv]);
+    assert!(
+        !masters::naming(tmp.path()).is_empty(),
+        "a killed latplan cannot end its masters: the next one sweeps them"
+    );
+    let t = masters::latplan_in(tmp.path(), &["teardown", inv]);
     assert!(t.status.success(), "{}", text(&t));
     assert_clean("after teardown of a killed session");
+    masters::assert_no_masters(tmp.path(), "after the next latplan");
 }
 
-/// Starts `latplan apply` in the background; `capture` keeps its output for the test to read.
-fn spawn_apply(inv: &str, duration: &str, store: &str, capture: bool) -> Child {
+/// Starts `latplan apply` in the background with `tmp` as its temporary directory (where its
+/// SSH control directory goes); `capture` keeps its output for the test to read.
+fn spawn_apply(inv: &str, duration: &str, store: &str, capture: bool, tmp: &Path) -> Child {
     let out = || {
         if capture {
             Stdio::piped()
@@ -254,6 +262,7 @@ fn spawn_apply(inv: &str, duration: &str, store: &str, capture: bool) -> Child {
     Command::new(LATPLAN)
         .args(["apply", inv, "--duration", duration, "--store", store])
         .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
+        .env("TMPDIR", tmp)
         .stdin(Stdio::null())
         .stdout(out())
         .stderr(out())
@@ -302,7 +311,8 @@ fn a_host_lost_mid_session_is_reported_and_the_others_finish() {
     let f = Fresh::take();
     let (inv, store) = (f.inv.as_str(), f.store.as_str());
     let _traffic = Traffic::start(40, "10M");
-    let mut apply = spawn_apply(inv, "20s", store, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut apply = spawn_apply(inv, "20s", store, true, tmp.path());
     wait_for_observer("vm1", &mut apply);
     std::thread::sleep(Duration::from_secs(3));
     // The host dies: everything running in its namespace (sshd, its sessions, the observer).
@@ -315,8 +325,17 @@ fn a_host_lost_mid_session_is_reported_and_the_others_finish() {
     }
     let out = apply.wait_with_output().unwrap();
     let report = text(&out);
+    let left = (
+        masters::naming(tmp.path()),
+        masters::control_dirs(tmp.path()),
+    );
     // Bring the lab's vm1 back before anything can fail, so later tests find it whole.
     testlab::ci_lab(&["up"]);
+    assert_eq!(
+        left,
+        (Vec::new(), Vec::new()),
+        "latplan ended every ssh master it started (the lost vm1's too) and removed its control directory"
+    );
     assert_eq!(
         out.status.code(),
         Some(1),

@@ -120,7 +120,8 @@ fn a_step_starts_traffic_in_a_container_the_report_shows_it_and_teardown_kills_i
     assert!(text(&plan).contains("recv on vm2: "), "{}", text(&plan));
 
     // A whole session: the sender runs inside ct1's namespace, the report has its flow.
-    let mut apply = spawn_apply(inv, "10s", &f.store, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut apply = spawn_apply(inv, "10s", &f.store, true, tmp.path());
     let send = wait_for_step(&pid_file("metal1", "ct1.send"), &mut apply);
     let ct1_ns = std::fs::metadata("/run/netns/lp-ct1").map(|m| {
         use std::os::unix::fs::MetadataExt;
@@ -145,7 +146,8 @@ fn a_step_starts_traffic_in_a_container_the_report_shows_it_and_teardown_kills_i
     assert_clean("after teardown");
 
     // The manager dies mid-session: its steps go on running until teardown kills them.
-    let mut apply = spawn_apply(inv, "120s", &f.store, false);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut apply = spawn_apply(inv, "120s", &f.store, false, tmp.path());
     wait_for_step(&pid_file("metal1", "ct1.send"), &mut apply);
     wait_for_step(&pid_file("vm2", "vm2.recv"), &mut apply);
     apply.kill().unwrap();
@@ -154,7 +156,8 @@ fn a_step_starts_traffic_in_a_container_the_report_shows_it_and_teardown_kills_i
         !step_pids().is_empty(),
         "steps run on after the manager died"
     );
-    let t = latplan(&["teardown", inv]);
+    // With the killed latplan's TMPDIR: this teardown also ends the masters it left.
+    let t = super::masters::latplan_in(tmp.path(), &["teardown", inv]);
     assert!(t.status.success(), "{}", text(&t));
     // At least one of the pair is still running (the pair ends together once one side goes: the
     // receiver reads one connection to its end), and teardown must be seen stopping it.

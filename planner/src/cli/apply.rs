@@ -439,15 +439,10 @@ async fn run_session(
     };
     store.end_session(session_id, status).await?;
     store.close().await;
-    let c = &collected.counters;
     eprintln!(
-        "collected {} records ({} duplicates ignored), {} missing in {} gap(s), {} dropped by observers, {} undecodable frames",
-        c.records,
-        c.duplicates,
-        collected.missing_records(),
-        collected.gaps.len(),
-        c.drops(),
-        c.decode_errors
+        "collected {} records; {}",
+        collected.counters.records,
+        collected.losses()
     );
     Ok(())
 }

@@ -142,6 +142,19 @@ impl CollectionReport {
     pub fn missing_records(&self) -> u64 {
         self.gaps.iter().map(GapRow::missing).sum()
     }
+
+    /// What happened to the records beyond those stored: duplicates, gaps, drops, bad frames.
+    pub fn losses(&self) -> String {
+        let c = &self.counters;
+        format!(
+            "{} duplicates ignored; {} missing in {} gap(s), {} dropped by observers, {} undecodable frames",
+            c.duplicates,
+            self.missing_records(),
+            self.gaps.len(),
+            c.drops(),
+            c.decode_errors
+        )
+    }
 }
 
 /// A running collection into one session of a store.

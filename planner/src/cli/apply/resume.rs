@@ -145,15 +145,10 @@ async fn collect_rest(
     store.end_session(session_id, "completed").await?;
     let stored = store.count_samples(session_id).await?;
     store.close().await;
-    let c = &report.counters;
     eprintln!(
-        "collected {} more records ({} duplicates ignored), {stored} in the session; {} missing in {} gap(s), {} dropped by observers, {} undecodable frames",
-        c.records,
-        c.duplicates,
-        report.missing_records(),
-        report.gaps.len(),
-        c.drops(),
-        c.decode_errors
+        "collected {} more records, {stored} in the session; {}",
+        report.counters.records,
+        report.losses()
     );
     Ok(Collected { report, stored })
 }

@@ -5,7 +5,8 @@
 use aya::maps::RingBuf;
 use latplan_common::Layer;
 use latplan_common::kernel::{
-    MAX_PORTS, ObserverGlobals, SAMPLE_FLAG_TRUNCATED, SampleEvent, SamplingConfig,
+    MAX_POINTS_PER_RUN, MAX_PORTS, ObserverGlobals, SAMPLE_FLAG_TRUNCATED, SampleEvent,
+    SamplingConfig,
 };
 use observer::btf::Btf;
 use observer::loader::{self, KernelSettings};
@@ -273,6 +274,40 @@ fn a_gso_super_packet_emits_every_point_it_carries() {
             .chain(&tx)
             .all(|e| e.flags & SAMPLE_FLAG_TRUNCATED == 0)
     );
+}
+
+#[test]
+fn a_range_with_more_points_than_the_bound_emits_the_bound_and_flags_the_last() {
+    // 1 KiB sampling: a 60 kB super-packet carries 59 points, over MAX_POINTS_PER_RUN (32).
+    const SMALL: u64 = 1024;
+    let mut s = settings(&[]);
+    s.sampling.sample_mask = sampling::mask_for(SMALL);
+    s.globals.sample_shift = SMALL.trailing_zeros();
+    let mut h = Harness::with(s);
+    let seq = 1_000_000_123;
+    let (rx, tx) = h.both(&tcp_packet(seq, 60_000, 40000, 5201));
+    let all: Vec<u32> = sampling::points(seq, 60_000, sampling::mask_for(SMALL)).collect();
+    assert_eq!(all.len(), 59);
+    let bound = MAX_POINTS_PER_RUN as usize;
+    for (name, got) in [("XDP", &rx), ("TC", &tx)] {
+        assert_eq!(
+            seqs(got),
+            all[..bound],
+            "{name}: the first points, in order"
+        );
+        let flagged: Vec<usize> = (0..got.len())
+            .filter(|&i| got[i].flags & SAMPLE_FLAG_TRUNCATED != 0)
+            .collect();
+        assert_eq!(
+            flagged,
+            [bound - 1],
+            "{name}: only the last emitted record is flagged"
+        );
+    }
+    // The stats count every point found, emitted or not.
+    let c = loader::layer_counters(&h.ebpf).unwrap();
+    let dev_send = c.iter().find(|(l, _)| *l == Layer::DevSend).unwrap().1;
+    assert_eq!(dev_send.sampled, 59);
 }
 
 #[test]

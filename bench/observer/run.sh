@@ -7,13 +7,16 @@
 #   3. the kernel time of each observer program (kernel.bpf_stats_enabled) during a TCP bulk
 #      round: runs/s, ns per run and share of one core. Unlike throughput this does not depend on
 #      how busy the machine is, so it compares builds reliably (OBS_BASELINE=path/to/observer
-#      adds a column for another build, measured in the same run).
+#      adds a column for another build, measured in the same run);
+#   4. start-up: how long the kernel takes to load (verify) each program (`strace -T` of every
+#      BPF_PROG_LOAD), median of ROUNDS starts, with OBS_BASELINE alternating in the same run.
 # Rounds alternate with/without so machine noise hits both alike; medians are reported.
 # Usage: bench/observer/run.sh [ROUNDS]   (prints markdown tables for BENCHMARKS.md)
-#   PARTS=tcp,udp,cost (default all) picks the parts; OBS_BASELINE adds a baseline build to "cost".
+#   PARTS=tcp,udp,cost,load (default all) picks the parts; OBS_BASELINE adds a baseline build to
+#   "cost" and "load".
 set -euo pipefail
 ROUNDS=${1:-5}
-PARTS=${PARTS:-tcp,udp,cost}
+PARTS=${PARTS:-tcp,udp,cost,load}
 part() { [[ ",$PARTS," == *",$1,"* ]]; }
 ART=${LATPLAN_ARTIFACTS:-$(cd "$(dirname "$0")/../.." && pwd)/target/x86_64-unknown-linux-musl/release}
 OBS=$ART/observer
@@ -34,15 +37,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_obs() { # NETNS NAME ARGS...
+start_obs() { # NETNS NAME ARGS... [--strace: time each BPF_PROG_LOAD into $TMP/NAME.strace]
   local ns=$1 name=$2; shift 2
-  ip netns exec "$ns" "$OBS" run "$@" >"$TMP/$name.bin" 2>"$TMP/$name.err" &
+  local wrap=()
+  if [ "${!#}" = --strace ]; then
+    set -- "${@:1:$#-1}"
+    wrap=(strace --seccomp-bpf -e trace=bpf -T -o "$TMP/$name.strace")
+  fi
+  ip netns exec "$ns" "${wrap[@]}" "$OBS" run "$@" >"$TMP/$name.bin" 2>"$TMP/$name.err" &
   PIDS+=($!); echo $! >"$TMP/$name.pid"
   for _ in $(seq 300); do grep -q "observer: attached" "$TMP/$name.err" && return 0
     grep -q "observer: error" "$TMP/$name.err" && { cat "$TMP/$name.err" >&2; exit 1; }; sleep 0.1; done
   echo "observer $name did not attach" >&2; exit 1
 }
-stop_obs() { local p; p=$(cat "$TMP/$1.pid"); kill -TERM "$p"; wait "$p" || true; }
+# Under strace the PID is strace's: signal its child, the observer (strace would only detach).
+stop_obs() { local p; p=$(cat "$TMP/$1.pid"); pkill -TERM -P "$p" || kill -TERM "$p"; wait "$p" || true; }
 
 tcp_round() { # SRC_NS DST_NS DST_IP -> bytes/s
   ip netns exec "$2" "$LT" tcp-recv --listen "$3:5201" >"$TMP/recv.json" &
@@ -139,6 +148,30 @@ prog_costs() { # OBSERVER -> "name runs_per_s ns_per_run" lines
   sysctl -qw kernel.bpf_stats_enabled="$old"
   [ -n "$pid" ]
 }
+# Start-up: the kernel's verifier time per program, from `strace -T` around each BPF_PROG_LOAD
+# (the observer itself does little else before it attaches). One start per build per round.
+load_times() { # OBSERVER -> "name seconds" lines
+  OBS=$1 start_obs lp-metal1 s --interfaces veth-ct1 --ports 5201 --strace
+  stop_obs s
+  grep -o 'prog_name="lp_[^"]*".*<[0-9.]*>$' "$TMP/s.strace" | sed -E 's/prog_name="([^"]*)".*<([0-9.]+)>$/\1 \2/'
+}
+if part load; then
+  builds=("$OBS"); [ -z "${OBS_BASELINE:-}" ] || builds+=("$OBS_BASELINE")
+  for i in "${!builds[@]}"; do : >"$TMP/load$i"; done
+  for _ in $(seq "$ROUNDS"); do
+    for i in "${!builds[@]}"; do load_times "${builds[$i]}" | awk '{s+=$2; print} END {print "total", s}' >>"$TMP/load$i"; done
+  done
+  echo
+  head="| program (median of $ROUNDS starts) |"; rule="|---|"
+  for b in "${builds[@]}"; do head="$head load s, $b |"; rule="$rule---|"; done
+  echo "$head"; echo "$rule"
+  for name in $(awk '{print $1}' "$TMP/load0" | sort -u); do
+    row="| $name |"
+    for i in "${!builds[@]}"; do row="$row $(awk -v n="$name" '$1 == n {print $2}' "$TMP/load$i" | median) |"; done
+    echo "$row"
+  done
+fi
+
 part cost || exit 0
 echo
 if [ -n "${OBS_BASELINE:-}" ]; then

@@ -35,8 +35,8 @@ unsafe impl aya::Pod for P<IfaceCounters> {}
 pub fn hook_of(layer: Layer) -> (&'static [&'static str], &'static str) {
     match layer {
         Layer::SockSend => (
-            &["lp_rtp_sys_enter", "lp_rtp_sock_send"],
-            "raw_tp:sys_enter + raw_tp:sock_send_length",
+            &["lp_rtp_tcp_sendmsg", "lp_rtp_sock_send"],
+            "raw_tp:tcp_sendmsg_locked (sys_enter on kernels without it) + raw_tp:sock_send_length",
         ),
         Layer::TcpSend => (
             &["lp_cg_ip_send"],
@@ -64,6 +64,7 @@ pub fn hook_of(layer: Layer) -> (&'static [&'static str], &'static str) {
 
 fn raw_tp_name(prog: &str) -> Option<&'static str> {
     Some(match prog {
+        "lp_rtp_tcp_sendmsg" => "tcp_sendmsg_locked",
         "lp_rtp_sys_enter" => "sys_enter",
         "lp_rtp_sock_send" => "sock_send_length",
         "lp_rtp_dev_xmit" => "net_dev_start_xmit",
@@ -372,6 +373,16 @@ pub fn attach_layer(ebpf: &mut Ebpf, layer: Layer, done: &mut Vec<&'static str>)
             "lp_cg_ip_send" => attach_cgroup(ebpf, p, CgroupSkbAttachType::Egress)?,
             "lp_cg_ip_recv" => attach_cgroup(ebpf, p, CgroupSkbAttachType::Ingress)?,
             "lp_xdp_dev_recv" | "lp_tc_dev_send" | "lp_tc_dev_recv" => {}
+            // Older kernels lack the tracepoint: stamp send-type syscalls instead, which
+            // costs every syscall on the host a program run.
+            "lp_rtp_tcp_sendmsg" => {
+                if let Err(e) = attach_raw_tp(ebpf, p) {
+                    attach_raw_tp(ebpf, "lp_rtp_sys_enter").with_context(|| {
+                        format!("{e:#}; and the fallback to sys_enter failed too")
+                    })?;
+                    eprintln!("observer: notice: {e:#}; stamping send calls at sys_enter instead");
+                }
+            }
             _ => attach_raw_tp(ebpf, p)?,
         }
         done.push(p);

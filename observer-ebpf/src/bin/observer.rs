@@ -50,9 +50,9 @@ mod programs {
         PerCpuArray::with_max_entries(Layer::SLOTS as u32, 0);
     #[map]
     static LP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
-    /// Entry time of the send-type syscall a thread is in (pid_tgid → ns).
+    /// When the send call a thread is in handed its bytes to TCP (pid_tgid → `SendEntry`).
     #[map]
-    static LP_SEND_ENTRY: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+    static LP_SEND_ENTRY: LruHashMap<u64, SendEntry> = LruHashMap::with_max_entries(16384, 0);
     /// Receive queue tail last seen per socket (sk address → rcv_nxt), for sock_queue ranges.
     #[map]
     static LP_RCV_TAIL: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
@@ -877,25 +877,70 @@ mod programs {
         Some((local, lport, remote, rport))
     }
 
-    // ---- sock_send: entry into a send-type syscall, and the bytes it queued ----
+    // ---- sock_send: the application's send call, and the bytes it queued ----
+
+    /// The start of a thread's current send call.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct SendEntry {
+        /// The socket, or 0 when stamped at syscall entry (the socket is not known there).
+        sk: u64,
+        /// 0 once `sock_send_length` consumed it.
+        ts: u64,
+    }
+
+    /// `tcp_sendmsg_locked` fires at the top of each round of TCP's copy loop, before any wait
+    /// for buffer space; the first round of a call is when the application handed its bytes
+    /// over. It fires for TCP sends only, so unlike a syscall hook it costs the rest of the host
+    /// nothing (every syscall of every process pays for a `sys_enter` program: BENCHMARKS.md).
+    #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
+    pub fn lp_rtp_tcp_sendmsg(ctx: RawTracePointContext) -> i32 {
+        let sk: u64 = ctx.arg(0);
+        let _ = try_tcp_sendmsg(sk);
+        0
+    }
+
+    #[inline(always)]
+    fn try_tcp_sendmsg(sk: u64) -> Option<()> {
+        sock_ports_match(sk, offsets()?)?;
+        let t = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+        match LP_SEND_ENTRY.get_ptr_mut(t) {
+            // A later round of the same call keeps the first round's time.
+            Some(slot) => unsafe {
+                if (*slot).ts == 0 || (*slot).sk != sk {
+                    *slot = SendEntry { sk, ts: clock_ns() };
+                }
+            },
+            None => {
+                let e = SendEntry { sk, ts: clock_ns() };
+                let _ = LP_SEND_ENTRY.insert(t, e, 0);
+            }
+        }
+        Some(())
+    }
 
     const SYS_WRITE: u64 = 1;
     const SYS_WRITEV: u64 = 20;
     const SYS_SENDTO: u64 = 44;
     const SYS_SENDMSG: u64 = 46;
 
+    /// Fallback for kernels without `tcp_sendmsg_locked` (a recent tracepoint): the entry of every
+    /// send-type syscall on the host.
     #[raw_tracepoint(tracepoint = "sys_enter")]
     pub fn lp_rtp_sys_enter(ctx: RawTracePointContext) -> i32 {
         let id: u64 = ctx.arg(1);
         if id == SYS_WRITE || id == SYS_WRITEV || id == SYS_SENDTO || id == SYS_SENDMSG {
             let t = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-            let now = clock_ns();
+            let e = SendEntry {
+                sk: 0,
+                ts: clock_ns(),
+            };
             // In place when the thread has a slot: an LRU insert allocates and relinks a node,
             // several times the cost of a store, and this runs on every write on the host.
             match LP_SEND_ENTRY.get_ptr_mut(t) {
-                Some(slot) => unsafe { *slot = now },
+                Some(slot) => unsafe { *slot = e },
                 None => {
-                    let _ = LP_SEND_ENTRY.insert(t, now, 0);
+                    let _ = LP_SEND_ENTRY.insert(t, e, 0);
                 }
             }
         }
@@ -913,19 +958,25 @@ mod programs {
     #[inline(always)]
     fn try_sock_send(sk: u64, ret: i32) -> Option<()> {
         let now = clock_ns();
+        let o = offsets()?;
+        sock_ports_match(sk, o)?;
         let t = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-        // The syscall may have blocked for buffer space: the bytes were handed over at entry.
-        // The stamp is consumed (zeroed in place, cheaper than a delete) so that a send that did
-        // not enter through a stamped syscall (sendfile, io_uring) never inherits a stale one.
+        // The call may have blocked for buffer space: the bytes were handed over at its start.
+        // The stamp is consumed (zeroed in place, cheaper than a delete) so that the next call
+        // never inherits it.
         let entry = match LP_SEND_ENTRY.get_ptr_mut(t) {
-            Some(slot) => unsafe { core::mem::replace(&mut *slot, 0) },
+            Some(slot) => unsafe {
+                if (*slot).sk == sk || (*slot).sk == 0 {
+                    core::mem::replace(&mut (*slot).ts, 0)
+                } else {
+                    0
+                }
+            },
             None => 0,
         };
         if ret <= 0 {
             return None;
         }
-        let o = offsets()?;
-        sock_ports_match(sk, o)?;
         let netns = sock_netns(sk, o)?;
         let (local, lport, remote, rport) = sock_endpoints(sk, o)?;
         let write_seq: u32 = read_k(sk, o.tp_write_seq)?;

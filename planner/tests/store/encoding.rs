@@ -55,7 +55,7 @@ fn batch(session: SessionId, run: RunId, first_seq: u64, samples: &[Sample]) -> 
     b.samples = samples
         .iter()
         .enumerate()
-        .map(|(i, s)| (run, first_seq.wrapping_add(i as u64), s.clone()))
+        .map(|(i, s)| (run, first_seq.wrapping_add(i as u64), *s))
         .collect();
     b
 }

@@ -1,8 +1,9 @@
 //! Storage and collection throughput (BENCHMARKS.md, "Storage and collection").
 //!
 //! `cargo bench -p planner --bench store -- [sqlite|mariadb|e2e|all] [--records N] [--mysql-writers 1|2]
-//! [--read-count N] [--batch-records N]`: the last three override the store's, the Redis source's
-//! and the collector's defaults, to compare settings in one build.
+//! [--read-count N] [--batch-records N] [--encoding rows|json] [--json-rows N]`: the others
+//! override the store's, the Redis source's and the collector's defaults, to compare settings in
+//! one build (`--encoding`: how MariaDB sample inserts carry their rows, see store/bulk.rs).
 //!
 //! - `sqlite`, `mariadb`: 4 synthetic observers' byte streams (pre-encoded, 1000 records a frame)
 //!   through the collector into the store; rows/s from the first byte read until the last batch
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use planner::collector::redis::{RedisBus, RedisSource, SourceOptions};
 use planner::collector::synthetic::SyntheticObserver;
 use planner::collector::{Collector, CollectorConfig};
-use planner::store::{Secret, Store, WriteBatch};
+use planner::store::{SampleEncoding, Secret, Store, WriteBatch};
 
 const PER_FRAME: usize = 1000;
 
@@ -33,6 +34,8 @@ struct Tuning {
     mysql_writers: Option<usize>,
     read_count: Option<usize>,
     batch_records: Option<usize>,
+    encoding: Option<SampleEncoding>,
+    json_rows: Option<usize>,
 }
 
 impl Tuning {
@@ -53,9 +56,13 @@ impl Tuning {
     }
 
     fn store(&self, s: Store) -> Store {
-        match self.mysql_writers {
+        let s = match self.mysql_writers {
             Some(n) => s.with_mysql_writers(n),
             None => s,
+        };
+        match (self.encoding, self.json_rows) {
+            (None, None) => s,
+            (e, rows) => s.with_sample_encoding(e.unwrap_or(SampleEncoding::Json), rows),
         }
     }
 }
@@ -317,6 +324,16 @@ async fn main() {
         mysql_writers: flag("--mysql-writers"),
         read_count: flag("--read-count"),
         batch_records: flag("--batch-records"),
+        encoding: args
+            .iter()
+            .position(|a| a == "--encoding")
+            .and_then(|i| args.get(i + 1))
+            .map(|e| match e.as_str() {
+                "rows" => SampleEncoding::BoundRows,
+                "json" => SampleEncoding::Json,
+                other => panic!("--encoding takes rows or json, not {other}"),
+            }),
+        json_rows: flag("--json-rows"),
     };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())

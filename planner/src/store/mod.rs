@@ -6,6 +6,7 @@
 //! Writes that belong together (a batch of samples, its flows and stats) share one transaction,
 //! and every insert is idempotent, so a batch delivered twice (collector restart, Redis
 //! re-delivery, observer retry) is stored once.
+mod bulk;
 mod migrate;
 pub mod model;
 mod read;
@@ -117,7 +118,25 @@ pub struct Store {
     url: StoreUrl,
     /// Connections a large MySQL batch is spread over (1 or 2).
     pub(crate) mysql_writers: usize,
+    /// How sample rows are bound in MySQL statements.
+    pub(crate) mysql_samples: SampleEncoding,
+    /// Rows per MySQL JSON statement (fits the server's `max_allowed_packet`).
+    pub(crate) mysql_json_rows: usize,
+    /// The server's `max_allowed_packet` (0 for SQLite).
+    max_packet: u64,
 }
+
+/// How a MySQL/MariaDB sample insert carries its rows (SQLite always binds per value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleEncoding {
+    /// `VALUES (?, …), …`: one bound parameter per value.
+    BoundRows,
+    /// One bound JSON array of the rows, unpacked by the server with `JSON_TABLE`.
+    Json,
+}
+
+/// Rows per JSON statement unless the packet limit asks for fewer.
+const JSON_ROWS: usize = 10_000;
 
 impl Store {
     /// Connects to `url`, taking a MySQL password from the environment ([`password_from_env`]),
@@ -185,13 +204,32 @@ impl Store {
                 )
             }
         };
+        let max_packet = match &pool {
+            Pool::MySql(p) => sqlx::query_scalar::<_, u64>("SELECT @@max_allowed_packet")
+                .fetch_one(p)
+                .await
+                .map_err(q("read the server's max_allowed_packet"))?,
+            Pool::Sqlite(_) => 0,
+        };
         let store = Store {
             pool,
             url,
             mysql_writers: 2,
+            mysql_samples: SampleEncoding::BoundRows,
+            mysql_json_rows: bulk::rows_per_statement(max_packet, JSON_ROWS),
+            max_packet,
         };
         migrate::run(&store).await?;
         Ok(store)
+    }
+
+    /// Chooses how MySQL sample inserts carry their rows, and how many rows a JSON statement
+    /// holds at most (`None`: the default; always capped by the server's packet limit).
+    pub fn with_sample_encoding(mut self, e: SampleEncoding, json_rows: Option<usize>) -> Store {
+        self.mysql_samples = e;
+        self.mysql_json_rows =
+            bulk::rows_per_statement(self.max_packet, json_rows.unwrap_or(JSON_ROWS));
+        self
     }
 
     /// Spreads large MySQL batches over `n` connections (1 or 2; default 2). More connections let

@@ -7,7 +7,7 @@ use latplan_common::wire::{Bye, Hello, Sample, Stats};
 use sqlx::{AssertSqlSafe, QueryBuilder};
 
 use super::model::*;
-use super::{Backend, Result, Store, StoreError, now_unix_ms, on_pool, q};
+use super::{Backend, Result, SampleEncoding, Store, StoreError, bulk, now_unix_ms, on_pool, q};
 
 /// Records and observer reports to store together, in one transaction.
 #[derive(Debug, Default, Clone)]
@@ -50,39 +50,50 @@ pub struct WriteOutcome {
 /// Inserts sample rows in multi-row statements inside transaction `$tx`; evaluates to
 /// (rows inserted, per-run (inserted, duplicates)). Statements never mix runs, so each
 /// statement's affected-row count says how many of that run's records were new.
+///
+/// `$json`: `Some((sql, rows per statement))` to send each statement's rows as one JSON
+/// parameter ([`super::bulk`]), `None` to bind every value (`$sql`, `$chunk` rows per statement).
 macro_rules! insert_sample_rows {
-    ($tx:ident, $rows:expr, $sql:expr, $chunk:expr) => {{
+    ($tx:ident, $rows:expr, $sql:expr, $chunk:expr, $json:expr) => {{
         let rows: &[(RunId, u64, Sample)] = $rows;
+        let json: Option<(&str, usize)> = $json;
+        let chunk = json.map_or($chunk, |(_, n)| n);
         let mut inserted = 0u64;
         let mut per_run: HashMap<RunId, (u64, u64)> = HashMap::new();
         let mut i = 0;
         while i < rows.len() {
             let run = rows[i].0;
             let mut j = i + 1;
-            while j < rows.len() && j - i < $chunk && rows[j].0 == run {
+            while j < rows.len() && j - i < chunk && rows[j].0 == run {
                 j += 1;
             }
             let c = &rows[i..j];
-            let mut b = QueryBuilder::new($sql.as_str());
-            b.push_values(c, |mut r, (run, seq, s)| {
-                r.push_bind(*run)
-                    .push_bind(*seq as i64)
-                    .push_bind(s.ts_ns as i64)
-                    .push_bind(FlowKey::of(s).id())
-                    .push_bind(s.offset as i64)
-                    .push_bind(s.len as i64)
-                    .push_bind(s.layer as u8 as i64)
-                    .push_bind(s.ifindex as i64)
-                    .push_bind(s.netns as i64)
-                    .push_bind(s.cpu as i64)
-                    .push_bind(s.flags as i64);
-            });
-            let n = b
-                .build()
-                .execute(&mut *$tx)
-                .await
-                .map_err(q("insert samples"))?
-                .rows_affected();
+            let done = if let Some((sql, _)) = json {
+                let mut rows_json = String::with_capacity(c.len() * 96);
+                bulk::encode_rows(c.iter().map(|(_, seq, s)| (*seq, s)), &mut rows_json);
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(run)
+                    .bind(rows_json)
+                    .execute(&mut *$tx)
+                    .await
+            } else {
+                let mut b = QueryBuilder::new($sql.as_str());
+                b.push_values(c, |mut r, (run, seq, s)| {
+                    r.push_bind(*run)
+                        .push_bind(*seq as i64)
+                        .push_bind(s.ts_ns as i64)
+                        .push_bind(FlowKey::of(s).id())
+                        .push_bind(s.offset as i64)
+                        .push_bind(s.len as i64)
+                        .push_bind(s.layer as u8 as i64)
+                        .push_bind(s.ifindex as i64)
+                        .push_bind(s.netns as i64)
+                        .push_bind(s.cpu as i64)
+                        .push_bind(s.flags as i64);
+                });
+                b.build().execute(&mut *$tx).await
+            };
+            let n = done.map_err(q("insert samples"))?.rows_affected();
             let e = per_run.entry(run).or_insert((0, 0));
             e.0 += n;
             e.1 += c.len() as u64 - n;
@@ -249,6 +260,10 @@ impl Store {
         );
         let session = batch.session_id;
         let chunk = self.sample_chunk();
+        let json_sql = (self.backend() == Backend::MySql
+            && self.mysql_samples == SampleEncoding::Json)
+            .then(|| bulk::insert_sql(self.insert_ignore()));
+        let json = json_sql.as_deref().map(|sql| (sql, self.mysql_json_rows));
         // MySQL/MariaDB spends its time per connection on one core: large batches are split
         // across two connections in parallel. Each part is its own transaction; the batch counts
         // as stored (and is acknowledged) only when all parts committed, and a retry after a
@@ -273,7 +288,7 @@ impl Store {
                     });
                     b.build().execute(&mut *tx).await.map_err(q("insert flows"))?;
                 }
-                let out = insert_sample_rows!(tx, head, ins_samples, chunk);
+                let out = insert_sample_rows!(tx, head, ins_samples, chunk, json);
                 for (run, st) in &batch.stats {
                     sqlx::query(AssertSqlSafe(ins_stats.as_str())).bind(*run).bind(st.ts_ns as i64).bind(st.records_sent as i64)
                         .bind(st.records_dropped as i64).bind(st.cpu_percent).execute(&mut *tx).await.map_err(q("insert observer stats"))?;
@@ -299,7 +314,7 @@ impl Store {
                     return Ok::<_, StoreError>((0, HashMap::new()));
                 }
                 let mut tx = p.begin().await.map_err(q("begin a transaction"))?;
-                let out = insert_sample_rows!(tx, tail, ins_samples, chunk);
+                let out = insert_sample_rows!(tx, tail, ins_samples, chunk, json);
                 tx.commit().await.map_err(q("commit a batch"))?;
                 Ok(out)
             };

@@ -9,6 +9,7 @@
 mod sink;
 use sink::redis as observer_sink;
 
+mod encoding;
 mod faults;
 mod redis_bus;
 mod streams;

@@ -175,8 +175,8 @@ fi
 part cost || exit 0
 echo
 if [ -n "${OBS_BASELINE:-}" ]; then
-  echo "| program | runs/s | ns/run (this build) | ns/run ($OBS_BASELINE) | ratio |"
-  echo "|---|---|---|---|---|"
+  echo "| program | runs/s | ns/run (this build) | runs/s | ns/run ($OBS_BASELINE) | ratio of ns/run |"
+  echo "|---|---|---|---|---|---|"
 else
   echo "| program | runs/s | ns/run | % of one core |"
   echo "|---|---|---|---|"
@@ -186,13 +186,23 @@ for _ in $(seq "$ROUNDS"); do
   prog_costs "$OBS" >>"$TMP/cost.new"
   [ -z "${OBS_BASELINE:-}" ] || prog_costs "$OBS_BASELINE" >>"$TMP/cost.old"
 done
-for name in $(cut -d' ' -f1 "$TMP/cost.new" | sort -u); do
-  rps=$(awk -v n="$name" '$1==n {print $2}' "$TMP/cost.new" | median)
-  ns=$(awk -v n="$name" '$1==n {print $3}' "$TMP/cost.new" | median)
+col() { awk -v n="$1" -v c="$2" '$1==n {print $c}' "$3" | median; }
+total_new=0; total_old=0
+# Every program either build ran (a program can exist in one build only).
+for name in $(cut -d' ' -f1 "$TMP/cost.new" "$TMP/cost.old" | sort -u); do
+  rps=$(col "$name" 2 "$TMP/cost.new"); ns=$(col "$name" 3 "$TMP/cost.new")
+  total_new=$(awk -v t="$total_new" -v r="${rps:-0}" -v a="${ns:-0}" 'BEGIN {print t + r * a / 1e7}')
   if [ -n "${OBS_BASELINE:-}" ]; then
-    base=$(awk -v n="$name" '$1==n {print $3}' "$TMP/cost.old" | median)
-    awk -v n="$name" -v r="$rps" -v a="$ns" -v b="$base" 'BEGIN { printf "| %s | %d | %d | %s | %s |\n", n, r, a, b, (b > 0 ? sprintf("%.2f", a / b) : "") }'
+    brps=$(col "$name" 2 "$TMP/cost.old"); base=$(col "$name" 3 "$TMP/cost.old")
+    total_old=$(awk -v t="$total_old" -v r="${brps:-0}" -v a="${base:-0}" 'BEGIN {print t + r * a / 1e7}')
+    awk -v n="$name" -v r="$rps" -v a="$ns" -v br="$brps" -v b="$base" 'BEGIN {
+      printf "| %s | %s | %s | %s | %s | %s |\n", n, r, a, br, b, (a > 0 && b > 0 ? sprintf("%.2f", a / b) : "") }'
   else
     awk -v n="$name" -v r="$rps" -v a="$ns" 'BEGIN { printf "| %s | %d | %d | %.2f |\n", n, r, a, r * a / 1e7 }'
   fi
 done
+if [ -n "${OBS_BASELINE:-}" ]; then
+  printf "| **all programs, %% of one core** | | %.1f | | %.1f | %.2f |\n" "$total_new" "$total_old" "$(awk -v a="$total_new" -v b="$total_old" 'BEGIN {print (b > 0 ? a / b : 0)}')"
+else
+  printf "| **all programs** | | | %.1f |\n" "$total_new"
+fi

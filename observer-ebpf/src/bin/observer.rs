@@ -199,10 +199,10 @@ mod programs {
             rate_limited: 0,
             ringbuf_full: 0,
         };
-        let body: extern "C" fn(u64, *mut EmitRun) -> i64 = emit_point;
-        // The callback must reach the instruction as a function reference (the loader turns
-        // it into BPF_PSEUDO_FUNC), hence the transmute rather than a cast through an integer.
-        let body = unsafe { core::mem::transmute::<_, *mut core::ffi::c_void>(body) };
+        // A pointer cast, never through an integer: the callback must reach the instruction as
+        // a function reference, which the loader turns into BPF_PSEUDO_FUNC.
+        type Body = extern "C" fn(u64, *mut EmitRun) -> i64;
+        let body = emit_point as Body as *mut core::ffi::c_void;
         let ctx = &mut run as *mut EmitRun as *mut core::ffi::c_void;
         if unsafe { bpf_loop(n, body, ctx, 0) } < 0 {
             return;

@@ -436,7 +436,15 @@ fn a_session_on_a_real_guest_syncs_its_clock_and_measures_the_vm_hop() {
     );
     let mut crossing = [0u64; 2];
     let (mut vhop_to_guest, mut vhop_from_guest) = (0, 0);
+    // The sender's socket-buffer segment on each side: the guest's 6.12 kernel has no
+    // tcp_sendmsg_locked tracepoint, so its observer stamps send calls at sys_enter; the
+    // metal's kernel has it. Both stamps must give values.
+    let mut sock_send = std::collections::BTreeMap::<String, u64>::new();
     for r in rows.map(|l| l.split(',').collect::<Vec<_>>()) {
+        if r[segment].ends_with(":sock_send→tcp_send") {
+            *sock_send.entry(r[segment].to_string()).or_default() +=
+                r[count].parse::<u64>().unwrap();
+        }
         if r[scope] != "pair" || r[from] == r[to] {
             continue;
         }
@@ -470,6 +478,14 @@ fn a_session_on_a_real_guest_syncs_its_clock_and_measures_the_vm_hop() {
         vhop_to_guest > 0 && vhop_from_guest > 0,
         "the VM hop has values host→guest {vhop_to_guest} and guest→host {vhop_from_guest}: {csv}"
     );
+
+    for host in [GUEST, "gmetal1"] {
+        let seg = format!("{host}:sock_send→tcp_send");
+        assert!(
+            sock_send.get(&seg).is_some_and(|&n| n > 0),
+            "no values for {seg} (sock_send stamps): {sock_send:?}"
+        );
+    }
 
     let t = latplan(&["teardown", inv]);
     assert!(t.status.success(), "teardown: {}", text(&t));

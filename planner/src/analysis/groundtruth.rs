@@ -264,12 +264,106 @@ pub fn compare(
     a
 }
 
+/// Which end of a [`OneWay`] a host's own stamps are compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Sent,
+    Received,
+}
+
+/// Bytes whose capture stamp does not stand for the instant the host's own hook saw the packet.
+///
+/// The capture's tap and the hook next to it stamp the same packet a few instructions apart, in
+/// two clocks of one kernel (realtime and monotonic) whose difference is constant over a session.
+/// Per byte, `host − capture` is that constant plus the time between the two stamps; a byte
+/// farther than `tolerance_ns` from the median was held up between them (an interrupt, the
+/// hypervisor, the capture waking its reader), so the capture is no reference for it at that
+/// tolerance — whichever stamp is "right", the two measure different instants.
+#[derive(Debug, Clone, Default)]
+pub struct HeldUp {
+    /// Bytes compared (the host stamped them and the captures paired their packet).
+    pub compared: u64,
+    /// (flow, low 32 bits of the offset) of the bytes held up between the two stamps.
+    pub bytes: std::collections::HashSet<(FlowKey, u32)>,
+}
+
+/// Compares a host's stamps at the hook beside the capture, `(flow, byte offset, host ns)`, with
+/// the capture's stamp of the packet that carried the byte at `end`.
+pub fn held_up_between_stamps(
+    stamps: impl IntoIterator<Item = (FlowKey, u64, i64)>,
+    truth: &OneWayTimes,
+    end: End,
+    tolerance_ns: i64,
+) -> HeldUp {
+    let gaps: Vec<(FlowKey, u32, i64)> = stamps
+        .into_iter()
+        .filter_map(|(flow, offset, host_ns)| {
+            let w = truth.for_byte(&flow, offset as u32)?;
+            let captured = match end {
+                End::Sent => w.sent_ns,
+                End::Received => w.received_ns,
+            };
+            Some((flow, offset as u32, host_ns - captured))
+        })
+        .collect();
+    let mut sorted: Vec<i64> = gaps.iter().map(|g| g.2).collect();
+    sorted.sort_unstable();
+    let Some(&median) = sorted.get(sorted.len() / 2) else {
+        return HeldUp::default();
+    };
+    HeldUp {
+        compared: gaps.len() as u64,
+        bytes: gaps
+            .into_iter()
+            .filter(|g| (g.2 - median).abs() > tolerance_ns)
+            .map(|g| (g.0, g.1))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use pcap_file::TsResolution;
     use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
     use std::time::Duration;
+
+    #[test]
+    fn bytes_held_up_between_the_capture_and_the_hook_are_found_whatever_the_clock_offset() {
+        let f = flow();
+        let mut truth = OneWayTimes::default();
+        truth.flows.insert(
+            f,
+            (0..10u32)
+                .map(|i| OneWay {
+                    seq: i * 1000,
+                    len: 1000,
+                    sent_ns: 1_000_000 * i as i64,
+                    received_ns: 1_000_000 * i as i64 + 50_000,
+                })
+                .collect(),
+        );
+        // The host's clock is 7 s behind the capture's; byte 3500 (packet 3) waited 30 µs
+        // between the two stamps at the receiver, byte 8000 (packet 8) 15 µs.
+        let stamps = (0..10u64).map(|i| {
+            let extra = match i {
+                3 => 30_000,
+                8 => 15_000,
+                _ => (i as i64 % 3) * 1_000,
+            };
+            (
+                f,
+                i * 1000 + 500,
+                1_000_000 * i as i64 + 50_000 - 7_000_000_000 + extra,
+            )
+        });
+        let held = held_up_between_stamps(stamps, &truth, End::Received, 20_000);
+        assert_eq!(held.compared, 10);
+        assert_eq!(held.bytes.into_iter().collect::<Vec<_>>(), vec![(f, 3500)]);
+        // Bytes the captures did not pair are not compared.
+        let none = held_up_between_stamps([(f, 99_999, 0)], &truth, End::Sent, 20_000);
+        assert_eq!((none.compared, none.bytes.len()), (0, 0));
+    }
 
     fn frame(seq: u32, payload: usize, v6: bool) -> Vec<u8> {
         let mut f = vec![0u8; 12];

@@ -200,24 +200,24 @@ impl Prober {
     /// Waits until every domain has a fit whose error bound is within `bound_ns`, or `limit`
     /// passes. Returns the domains not synced, with why.
     pub async fn wait_synced(
-        &mut self,
+        &self,
         domains: &[String],
         bound_ns: f64,
         limit: Duration,
     ) -> BTreeMap<String, String> {
         let deadline = tokio::time::Instant::now() + limit;
+        // A receiver of its own: the wait may run beside others reading the state (apply
+        // overlaps it with the observers' start). The channel closes when the prober's output
+        // ends, i.e. when it has exited.
+        let mut changed = self.changed.clone();
         loop {
             let pending = self.unsynced(domains, bound_ns);
             if pending.is_empty() {
                 return pending;
             }
-            let exited = self.child.try_wait().ok().flatten().is_some();
-            if exited
-                || tokio::time::timeout_at(deadline, self.changed.changed())
-                    .await
-                    .is_err()
-            {
-                return self.unsynced(domains, bound_ns);
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return self.unsynced(domains, bound_ns),
             }
         }
     }

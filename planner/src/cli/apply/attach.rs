@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::executor::observe::{Attach, ObserverEnd, Started, wait_attached};
 use crate::executor::{Outcome as HostOutcome, Recap};
+use crate::session::Domain;
 
 /// One observer as the SSH bus runs it: its stop switch and its collecting task.
 pub struct Observer {
@@ -99,6 +100,31 @@ pub async fn wait_for_attach(
     out
 }
 
+/// Stops the observers of hosts in a clock domain the gate failed (`unsynced`: the domain and
+/// why) and fails those hosts through `fail`; the session goes on with the others.
+pub fn give_up_on_unsynced(
+    attached: Attached,
+    unsynced: &[(Domain, String)],
+    mut fail: impl FnMut(&Domain, &str),
+) -> Attached {
+    for (dom, why) in unsynced {
+        fail(dom, why);
+    }
+    let mut out = Attached {
+        running: Vec::new(),
+        given_up: attached.given_up,
+    };
+    for o in attached.running {
+        if unsynced.iter().any(|(d, _)| d.hosts.contains(&o.host)) {
+            let _ = o.stop.send(true);
+            out.given_up.push(o);
+        } else {
+            out.running.push(o);
+        }
+    }
+    out
+}
+
 fn fail(recap: &mut Recap, host: &str, why: &str) {
     eprintln!("{host}: {why}");
     recap.set(host, HostOutcome::Failed(why.to_string()));
@@ -138,6 +164,63 @@ pub async fn release(given_up: Vec<Observer>, limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn observer(host: &str) -> (Observer, watch::Receiver<bool>) {
+        let (stop, rx) = watch::channel(false);
+        let name = host.to_string();
+        let task = tokio::spawn(async move {
+            ObserverEnd {
+                host: name,
+                summary: None,
+                error: None,
+                exit: Some(0),
+                stderr: String::new(),
+                ended_early: false,
+            }
+        });
+        let o = Observer {
+            host: host.into(),
+            stop,
+            task,
+        };
+        (o, rx)
+    }
+
+    #[tokio::test]
+    async fn observers_in_an_unsynced_domain_are_stopped_and_their_hosts_failed() {
+        let (a, a_rx) = observer("a");
+        let (b, b_rx) = observer("b");
+        let (c, c_rx) = observer("c");
+        let dom = Domain {
+            name: "d2".into(),
+            reflector: "b".into(),
+            address: "10.0.0.2".into(),
+            hosts: vec!["b".into(), "c".into()],
+        };
+        let attached = Attached {
+            running: vec![a, b],
+            given_up: vec![c],
+        };
+        let mut failed = Vec::new();
+        let out = give_up_on_unsynced(
+            attached,
+            &[(dom, "clock domain d2 not synced: no fit yet".into())],
+            |d, why| failed.push((d.name.clone(), why.to_string())),
+        );
+        let names = |v: &[Observer]| v.iter().map(|o| o.host.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&out.running), ["a"]);
+        assert_eq!(names(&out.given_up), ["c", "b"]);
+        assert_eq!(
+            failed,
+            [(
+                "d2".to_string(),
+                "clock domain d2 not synced: no fit yet".to_string()
+            )]
+        );
+        assert!(!*a_rx.borrow() && *b_rx.borrow());
+        // One given up before (attach timed out) was already told to stop by its own path.
+        assert!(!*c_rx.borrow());
+    }
 
     #[test]
     fn the_waiting_line_names_the_first_hosts_still_loading() {

@@ -391,46 +391,41 @@ async fn run_session(
         session_id,
         CollectorConfig::default(),
     ));
-    let healthy = |recap: &Recap| -> Vec<String> {
-        recap
-            .healthy()
-            .filter(|h| facts.contains_key(*h))
-            .map(str::to_string)
-            .collect()
-    };
-    let (interrupted, redis) = if inv.session.bus == "ssh" {
-        // Observers on every host whose domain has a reflector, started together with the gate.
-        let observed = healthy(recap);
-        let ctx = Observing {
-            args,
-            inv,
-            pool,
-            store_url,
-            session,
-            observed: &observed,
-            collector: &collector,
-            prober: &prober,
-            interrupts,
-        };
-        (observe_over_ssh(ctx, clock_gate, recap).await?, None)
+    // On the SSH bus the observers start on every host whose domain has a reflector, together
+    // with the gate; the Redis bus's daemons start once it has passed.
+    let clock_gate = if inv.session.bus == "ssh" {
+        Some(clock_gate)
     } else {
         for (dom, why) in clock_gate.await {
             fail_domain(recap, &dom, &why);
         }
-        let observed = healthy(recap);
-        let ctx = Observing {
-            args,
-            inv,
-            pool,
-            store_url,
-            session,
-            observed: &observed,
-            collector: &collector,
-            prober: &prober,
-            interrupts,
-        };
-        let (i, r) = observe_over_redis(ctx, recap).await?;
-        (i, Some(r))
+        None
+    };
+    let observed: Vec<String> = recap
+        .healthy()
+        .filter(|h| facts.contains_key(*h))
+        .map(str::to_string)
+        .collect();
+    let ctx = Observing {
+        args,
+        inv,
+        pool,
+        store_url,
+        session,
+        observed: &observed,
+        collector: &collector,
+        prober: &prober,
+        interrupts,
+    };
+    let (interrupted, redis) = {
+        let gate = clock_gate; // ends its borrow of the prober here, in both arms
+        match gate {
+            Some(gate) => (observe_over_ssh(ctx, gate, recap).await?, None),
+            None => {
+                let (i, r) = observe_over_redis(ctx, recap).await?;
+                (i, Some(r))
+            }
+        }
     };
     // `latplan stop` is how a detached session ends normally.
     let interrupted = interrupted && !args.detached_child;

@@ -308,7 +308,11 @@ async fn run_session(
         store.upsert_host(session_id, &rec).await?;
     }
 
-    // Reflectors and the prober first; the session starts only once every domain is synced.
+    // The clock gate: the session's clock starts once every domain's reflector runs and its fit
+    // is within the bound. It needs only the reflectors and the prober, so on the SSH bus it
+    // runs while the observers start and load their programs (one after the other, reflectors
+    // + sync and the observers' load took 1.5–2.7 s and 1.1–4.6 s on 8–32 hosts). The prober
+    // starts at once, towards every domain: probes sent before a reflector is up go unanswered.
     let live: Vec<String> = recap
         .healthy()
         .filter(|h| facts.contains_key(*h))
@@ -317,33 +321,9 @@ async fn run_session(
     let domains = session::domains(inv, &live);
     let token = session::new_token();
     let port = inv.session.timesync.port;
-    eprintln!("starting {} timesync reflector(s)…", domains.len());
-    let starts = domains.iter().map(|d| {
-        let host = &inv.hosts[&d.reflector];
-        let t = pool.connected[&d.reflector].clone();
-        let token = token.clone();
-        async move {
-            start_reflector(
-                t.as_ref(),
-                d,
-                &Layout::of(host),
-                &token,
-                port,
-                host.become_root,
-            )
-            .await
-        }
-    });
-    let mut reflectors: Vec<Reflector> = Vec::new();
-    for (d, r) in domains.iter().zip(join_all(starts).await) {
-        match r {
-            Ok(r) => reflectors.push(r),
-            Err(e) => fail_domain(recap, d, &format!("{e:#}")),
-        }
-    }
-    let targets: Vec<(String, String)> = reflectors
+    let targets: Vec<(String, String)> = domains
         .iter()
-        .map(|r| (r.domain.clone(), domain_address(&domains, &r.domain)))
+        .map(|d| (d.name.clone(), d.address.clone()))
         .collect();
     let timesync = &artifacts
         .iter()
@@ -358,12 +338,34 @@ async fn run_session(
         port,
     )?;
     let bound_ns = inv.session.timesync.sync_bound_us as f64 * 1e3;
-    let names: Vec<String> = targets.iter().map(|(d, _)| d.clone()).collect();
-    // The clock gate: the session's clock starts once every domain is synced. It needs only the
-    // reflectors and the prober, so on the SSH bus it runs while the observers load their
-    // programs (the two took 1.5–2.7 s and 1.1–4.6 s one after the other on 8–32 hosts).
+    let mut reflectors: Vec<Reflector> = Vec::new();
     let clock_gate = async {
         let t0 = Instant::now();
+        eprintln!("starting {} timesync reflector(s)…", domains.len());
+        let starts = domains.iter().map(|d| {
+            let host = &inv.hosts[&d.reflector];
+            let t = pool.connected[&d.reflector].clone();
+            let token = token.clone();
+            async move {
+                start_reflector(
+                    t.as_ref(),
+                    d,
+                    &Layout::of(host),
+                    &token,
+                    port,
+                    host.become_root,
+                )
+                .await
+            }
+        });
+        let mut failed = Vec::new();
+        for (d, r) in domains.iter().zip(join_all(starts).await) {
+            match r {
+                Ok(r) => reflectors.push(r),
+                Err(e) => failed.push((d.clone(), format!("{e:#}"))),
+            }
+        }
+        let names: Vec<String> = reflectors.iter().map(|r| r.domain.clone()).collect();
         let unsynced = prober
             .wait_synced(&names, bound_ns, args.sync_timeout)
             .await;
@@ -377,13 +379,11 @@ async fn run_session(
                 format!(", {} failed", unsynced.len())
             }
         );
-        unsynced
-            .into_iter()
-            .map(|(d, why)| {
-                let dom = domains.iter().find(|x| x.name == d).expect("known domain");
-                (dom.clone(), format!("clock domain {d} not synced: {why}"))
-            })
-            .collect::<Vec<_>>()
+        failed.extend(unsynced.into_iter().map(|(d, why)| {
+            let dom = domains.iter().find(|x| x.name == d).expect("known domain");
+            (dom.clone(), format!("clock domain {d} not synced: {why}"))
+        }));
+        failed
     };
 
     let collector = Arc::new(Collector::start(
@@ -391,8 +391,8 @@ async fn run_session(
         session_id,
         CollectorConfig::default(),
     ));
-    // On the SSH bus the observers start on every host whose domain has a reflector, together
-    // with the gate; the Redis bus's daemons start once it has passed.
+    // On the SSH bus the observers start on every host together with the gate; the Redis
+    // bus's daemons start once it has passed.
     let clock_gate = if inv.session.bus == "ssh" {
         Some(clock_gate)
     } else {
@@ -533,14 +533,16 @@ async fn observe_over_ssh(
             ),
         }
     }
-    let (attached, unsynced) = tokio::join!(
+    let (attached, failed_domains) = tokio::join!(
         attach::wait_for_attach(started, args.attach_timeout, recap),
         clock_gate
     );
     let attach::Attached {
         running: observers,
         given_up,
-    } = attach::give_up_on_unsynced(attached, &unsynced, |dom, why| fail_domain(recap, dom, why));
+    } = attach::give_up_on_failed_domains(attached, &failed_domains, |dom, why| {
+        fail_domain(recap, dom, why)
+    });
     if observers.is_empty() {
         attach::release(given_up, Duration::from_secs(10)).await;
         bail!("no observer could be started");
@@ -869,14 +871,6 @@ fn fail_domain(recap: &mut Recap, d: &session::Domain, why: &str) {
     for h in &d.hosts {
         recap.set(h, HostOutcome::Failed(why.to_string()));
     }
-}
-
-fn domain_address(domains: &[session::Domain], name: &str) -> String {
-    domains
-        .iter()
-        .find(|d| d.name == name)
-        .map(|d| d.address.clone())
-        .unwrap_or_default()
 }
 
 /// The kernel host whose observer covers `h` (itself, or a container's ancestor).

@@ -100,14 +100,15 @@ pub async fn wait_for_attach(
     out
 }
 
-/// Stops the observers of hosts in a clock domain the gate failed (`unsynced`: the domain and
-/// why) and fails those hosts through `fail`; the session goes on with the others.
-pub fn give_up_on_unsynced(
+/// Stops the observers of hosts in a clock domain the gate failed (`failed`: the domain and
+/// why: its reflector did not start, or it did not sync) and fails those hosts through `fail`;
+/// the session goes on with the others.
+pub fn give_up_on_failed_domains(
     attached: Attached,
-    unsynced: &[(Domain, String)],
+    failed: &[(Domain, String)],
     mut fail: impl FnMut(&Domain, &str),
 ) -> Attached {
-    for (dom, why) in unsynced {
+    for (dom, why) in failed {
         fail(dom, why);
     }
     let mut out = Attached {
@@ -115,7 +116,7 @@ pub fn give_up_on_unsynced(
         given_up: attached.given_up,
     };
     for o in attached.running {
-        if unsynced.iter().any(|(d, _)| d.hosts.contains(&o.host)) {
+        if failed.iter().any(|(d, _)| d.hosts.contains(&o.host)) {
             let _ = o.stop.send(true);
             out.given_up.push(o);
         } else {
@@ -202,7 +203,7 @@ mod tests {
             given_up: vec![c],
         };
         let mut failed = Vec::new();
-        let out = give_up_on_unsynced(
+        let out = give_up_on_failed_domains(
             attached,
             &[(dom, "clock domain d2 not synced: no fit yet".into())],
             |d, why| failed.push((d.name.clone(), why.to_string())),

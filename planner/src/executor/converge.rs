@@ -63,8 +63,12 @@ pub async fn converge(
     let wanted = wanted(inv, host, artifacts);
     let changes = diff(&facts, &wanted);
     if !check_only {
-        for w in &changes {
-            t.put(&w.bytes, &w.dest, w.mode, host.become_root).await?;
+        // Each file on a channel of its own, all at once: their round trips overlap.
+        let puts = changes
+            .iter()
+            .map(|w| t.put_checked(&w.bytes, &w.sha256, &w.dest, w.mode, host.become_root));
+        for r in futures::future::join_all(puts).await {
+            r?;
         }
     }
     Ok((facts, changes.into_iter().map(|w| w.dest.clone()).collect()))

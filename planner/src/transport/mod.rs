@@ -136,7 +136,20 @@ pub trait Transport: Send + Sync {
         become_root: bool,
     ) -> Result<(), TransportError> {
         let sha = shell::sha256_hex(data);
-        let cmd = Cmd::new(shell::put_script(dest, mode, &sha))
+        self.put_checked(data, &sha, dest, mode, become_root).await
+    }
+
+    /// [`Transport::put`] with the SHA-256 of `data` already known (the host checks the copy
+    /// against it), so a binary pushed to many hosts is hashed once, not once per host.
+    async fn put_checked(
+        &self,
+        data: &[u8],
+        sha256: &str,
+        dest: &Path,
+        mode: u32,
+        become_root: bool,
+    ) -> Result<(), TransportError> {
+        let cmd = Cmd::new(shell::put_script(dest, mode, sha256))
             .stdin(data.to_vec())
             .become_root(become_root);
         let out = self.exec(cmd).await?;

@@ -1,6 +1,6 @@
 //! `timesync probe`: the manager side. Sends probes to every domain's reflector, pairs each reply
 //! with the kernel's departure and arrival stamps, and fits each domain's clock continuously.
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
@@ -57,44 +57,6 @@ struct Domain {
     last_reply_ns: Option<u64>,
     /// (when, replied?) over the fit window, for the recent loss ratio.
     outcomes: VecDeque<(u64, bool)>,
-    /// Until the domain's first fit: an estimator of its own that also takes the warm-up's
-    /// extra probes ([`WARM_INTERVAL_NS`]). The main estimator sees only the probes `rate_hz`
-    /// sends, so every later fit is what it would be without a warm-up (a window denser at its
-    /// start weighs that start more: fits 2 s in drifted by 2 ppm when it was shared).
-    warm: Option<Estimator>,
-    /// When the next probe at `rate_hz` is due; probes sent before it are warm-up extras.
-    next_base_ns: u64,
-    /// Ids of the warm-up's extra probes still awaiting a reply.
-    extra_ids: HashSet<u64>,
-}
-
-/// Warm-up: from a domain's first reply until its first fit, probes go at least this often and
-/// a fit is tried every [`WARM_FIT_NS`], so a session waiting for its clocks waits ~0.3 s for
-/// enough well-spread exchanges instead of the ~1 s that `rate_hz` (20 by default) and the fit
-/// interval take. A reflector that does not answer yet is not probed faster.
-const WARM_INTERVAL_NS: u64 = 5_000_000;
-const WARM_FIT_NS: u64 = 100_000_000;
-
-impl Domain {
-    fn warming_up(&self) -> bool {
-        self.warm.is_some() && self.last_reply_ns.is_some()
-    }
-
-    /// A fit line from `est` (the warm-up's or the main estimator), if its window allows one;
-    /// the first fit ends the warm-up.
-    fn fit_line(&mut self, now: u64, warm: bool) -> Option<Line> {
-        let est = if warm { self.warm.as_ref()? } else { &self.est };
-        let fit = est.fit(&self.name)?;
-        self.status.state = State::Ok;
-        self.warm = None;
-        self.extra_ids.clear();
-        Some(Line::Fit(FitLine {
-            fit: fit.clock,
-            emitted_ns: now,
-            detail: fit.detail,
-            status: self.status_at(now),
-        }))
-    }
 }
 
 impl Domain {
@@ -295,9 +257,6 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
             next_send_ns: start + interval_ns * i as u64 / opts.targets.len() as u64,
             last_reply_ns: None,
             outcomes: VecDeque::new(),
-            warm: Some(Estimator::new(opts.fit.clone())),
-            next_base_ns: 0,
-            extra_ids: HashSet::new(),
         })
         .collect();
 
@@ -321,7 +280,6 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
     let mut matcher = Matcher::new(loss_timeout);
     let mut foreign = 0u64;
     let mut next_fit = start + opts.fit_interval.as_nanos() as u64;
-    let mut next_warm_fit = start + WARM_FIT_NS;
     let end = opts.duration.map(|d| start + d.as_nanos() as u64);
     let unreachable_after = opts.unreachable_after.as_nanos() as u64;
     let mut buf = [0u8; 512];
@@ -340,47 +298,22 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
             let id = next_id;
             next_id = next_id.wrapping_add(1);
             let payload = wire::encode_probe(opts.token, id);
-            let base = now >= d.next_base_ns;
             match sock.send_to(&payload, SocketAddrV4::new(d.addr, opts.port)) {
                 Ok(_) => {
                     d.status.sent += 1;
                     matcher.sent(id, di, now);
-                    if !base {
-                        d.extra_ids.insert(id);
-                    }
                 }
                 Err(_) => d.status.send_errors += 1,
             }
             // After a stall, do not catch up with a burst.
-            if base {
-                d.next_base_ns = (d.next_send_ns + interval_ns).max(now);
-            }
-            let every = if d.warming_up() {
-                interval_ns.min(WARM_INTERVAL_NS)
-            } else {
-                interval_ns
-            };
-            d.next_send_ns = (d.next_send_ns + every).max(now).min(d.next_base_ns);
+            d.next_send_ns = (d.next_send_ns + interval_ns).max(now);
         }
 
         // Probes without a reply in time are lost; their departure stamps are dropped.
         for (id, di) in matcher.expire(now) {
-            domains[di].extra_ids.remove(&id);
             domains[di].status.lost += 1;
             domains[di].record(now, false, window_ns);
             let _ = hooks.tx.remove(&id);
-        }
-
-        // Warm-up fits: domains that have had none yet.
-        if now >= next_warm_fit {
-            next_warm_fit = now + WARM_FIT_NS;
-            for d in domains.iter_mut().filter(|d| d.warming_up()) {
-                if let Some(line) = d.fit_line(now, true)
-                    && output::emit(&line).is_err()
-                {
-                    break 'run;
-                }
-            }
         }
 
         // Fit and report.
@@ -422,8 +355,15 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
                     }
                     continue;
                 }
-                match d.fit_line(now, false) {
-                    Some(line) => {
+                match d.est.fit(&d.name) {
+                    Some(fit) => {
+                        d.status.state = State::Ok;
+                        let line = Line::Fit(FitLine {
+                            fit: fit.clock,
+                            emitted_ns: now,
+                            detail: fit.detail,
+                            status: d.status_at(now),
+                        });
                         if output::emit(&line).is_err() {
                             break 'run;
                         }
@@ -439,8 +379,7 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
             .map(|d| d.next_send_ns)
             .min()
             .unwrap_or(now)
-            .min(next_fit)
-            .min(next_warm_fit);
+            .min(next_fit);
         let wait = due
             .saturating_sub(ebpf::monotonic_ns())
             .clamp(50_000, 100_000_000);
@@ -498,19 +437,12 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
         d.record(now, true, window_ns);
         match (t1, t4) {
             (Some(t1), Some(t4)) => {
-                let sample = Sample {
+                if d.est.push(Sample {
                     t1,
                     t2: reply.t2,
                     t3: reply.t3,
                     t4,
-                };
-                let warm_valid = d.warm.as_mut().is_none_or(|w| w.push(sample));
-                let valid = if d.extra_ids.remove(&id) {
-                    warm_valid
-                } else {
-                    d.est.push(sample)
-                };
-                if valid {
+                }) {
                     d.status.replies += 1;
                 } else {
                     d.status.invalid += 1;

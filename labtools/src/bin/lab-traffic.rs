@@ -51,6 +51,10 @@ enum Cmd {
         read_rate: Option<u64>,
         #[arg(long, value_parser = parse_size)]
         rcvbuf: Option<u64>,
+        /// Write the receive queue's length (time-averaged) and the bytes read, one JSON line per
+        /// 100 ms, to this file: Little's law turns them into the bytes' mean wait.
+        #[arg(long)]
+        queue_log: Option<std::path::PathBuf>,
     },
     /// Sends small UDP datagrams as fast as it can (or at --pps) and reports packets per second.
     UdpFlood {
@@ -105,11 +109,13 @@ fn main() -> Result<()> {
             read_size,
             read_rate,
             rcvbuf,
+            queue_log,
         } => traffic::tcp_recv(&traffic::RecvOpts {
             listen,
             read_size: read_size as usize,
             read_rate,
             rcvbuf,
+            queue_log,
         })?,
         Cmd::UdpFlood {
             connect,

@@ -1,11 +1,12 @@
 //! The lab as the accuracy tests use it: the lock, a clean slate, a scratch store and inventory,
 //! traffic, relay settings, and real `latplan apply` + `latplan report` runs.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use labtools::relay::Dir;
 use labtools::testlab::{self, lab_inventory, lock_lab, ns_command, require_lab};
+use labtools::traffic::QueueLog;
 
 use crate::capture::Captures;
 use crate::report::Report;
@@ -50,11 +51,14 @@ pub struct Flow {
 struct Traffic(testlab::Children);
 
 impl Traffic {
-    fn start(flows: &[Flow]) -> Traffic {
+    /// Starts the flows; each receiver logs its receive queue to `queue_log(dir, flow)`.
+    fn start(flows: &[Flow], dir: &Path) -> Traffic {
         let bin = lab_traffic();
         let mut t = Traffic(testlab::Children(Vec::new()));
         for f in flows {
+            let log = queue_log(dir, f);
             let mut argv = vec![bin.as_str(), "tcp-recv", "--listen", f.to];
+            argv.extend_from_slice(&["--queue-log", log.to_str().unwrap()]);
             argv.extend_from_slice(f.recv);
             t.0.0.push(
                 ns_command(f.to_netns, &argv)
@@ -88,6 +92,10 @@ impl Traffic {
     }
 }
 
+fn queue_log(dir: &Path, f: &Flow) -> PathBuf {
+    dir.join(format!("queue-{}.jsonl", f.to.replace([':', '.'], "_")))
+}
+
 /// What one session does: its flows, the sampling period, and whether the wan is captured.
 pub struct SessionSpec<'a> {
     pub name: &'a str,
@@ -105,6 +113,41 @@ pub struct Session {
     pub name: String,
     pub report: Report,
     pub captures: Option<Captures>,
+    /// When `latplan apply` ran (seconds since the Unix epoch): the session lies inside.
+    pub window: (f64, f64),
+    dir: PathBuf,
+}
+
+impl Session {
+    /// The receiver's own account of its receive queue during the session (lab-traffic
+    /// `--queue-log`): the bytes' mean wait by Little's law, in ns, and the bytes read.
+    pub fn receive_queue_wait(&self, f: &Flow) -> (f64, u64) {
+        let path = queue_log(&self.dir, f);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("the receiver's queue log {}: {e}", path.display()));
+        let (mut queued_secs, mut read) = (0.0, 0u64);
+        for line in text.lines() {
+            let l: QueueLog = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: {line:?}: {e}", path.display()));
+            if l.t - l.secs >= self.window.0 && l.t <= self.window.1 {
+                queued_secs += l.queued_mean * l.secs;
+                read += l.read_bytes;
+            }
+        }
+        assert!(
+            read > 0,
+            "{}: nothing read during the session",
+            path.display()
+        );
+        (queued_secs / read as f64 * 1e9, read)
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
 }
 
 /// The test's hold on the lab: the lab lock, nothing of ours left on the hosts, a scratch
@@ -183,9 +226,12 @@ impl Lab {
         let captures = spec
             .capture_wan
             .then(|| Captures::start(self.dir.path(), spec.name));
-        let traffic = Traffic::start(spec.flows);
+        let traffic_dir = self.dir.path().join(format!("traffic-{}", spec.name));
+        std::fs::create_dir_all(&traffic_dir).expect("traffic log directory");
+        let traffic = Traffic::start(spec.flows, &traffic_dir);
         // The flows connect and settle (slow start, buffers) before the measurement.
         std::thread::sleep(Duration::from_secs(1));
+        let started = unix_now();
         let run = latplan(&[
             "apply",
             inv.to_str().unwrap(),
@@ -196,6 +242,7 @@ impl Lab {
             "--session",
             spec.name,
         ]);
+        let window = (started, unix_now());
         drop(traffic);
         let captures = captures.map(Captures::stop);
         assert!(
@@ -208,6 +255,8 @@ impl Lab {
             name: spec.name.to_string(),
             report: self.report(spec.name),
             captures,
+            window,
+            dir: traffic_dir,
         }
     }
 

@@ -274,6 +274,34 @@ fn dominates(checks: &mut Checks, s: &Session, src: &str, dst: &str, expect: &st
     );
 }
 
+/// The receive-queue wait we report against the receiver's own count of its queue: by Little's
+/// law the bytes' mean wait is the queue's mean length over the rate they leave it (lab-traffic
+/// `--queue-log`, FIONREAD every millisecond). Nothing in it comes from the observer.
+fn queue_wait_matches_the_receivers_count(
+    checks: &mut Checks,
+    s: &Session,
+    flow: &Flow,
+    segment: &Segment,
+) {
+    let (truth, read) = s.receive_queue_wait(flow);
+    let ours = segment.mean_from_cdf();
+    // The CDF's points are histogram buckets (~3 % wide), the queue is sampled once a
+    // millisecond and the window's edges hold partial waits: a quarter either way, or 2 ms.
+    let tolerance = (0.25 * truth).max(2e6);
+    checks.check(
+        (ours - truth).abs() <= tolerance,
+        format!(
+            "{}: mean {} of {} values against {} by Little's law ({} bytes read; want within ±{})",
+            segment.name,
+            us(ours as i64),
+            segment.latency.count,
+            us(truth as i64),
+            read,
+            us(tolerance as i64)
+        ),
+    );
+}
+
 #[test]
 fn a_bulk_writer_into_a_slow_path_waits_in_its_socket_buffer() {
     let lab = Lab::take();
@@ -318,7 +346,7 @@ fn a_slow_reader_leaves_bytes_waiting_in_its_receive_queue() {
     };
     let s = lab.session(&SessionSpec {
         name: "slow-reader",
-        flows: &[slow],
+        flows: std::slice::from_ref(&slow),
         sample_size: 65536,
         duration: "8s",
         capture_wan: false,
@@ -331,5 +359,10 @@ fn a_slow_reader_leaves_bytes_waiting_in_its_receive_queue() {
         "metal2",
         "metal2:sock_queue→sock_recv",
     );
+    let queue = s
+        .report
+        .pair("metal1", "metal2")
+        .segment("metal2:sock_queue→sock_recv");
+    queue_wait_matches_the_receivers_count(&mut checks, &s, &slow, queue);
     checks.assert_all();
 }

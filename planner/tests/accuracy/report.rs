@@ -71,6 +71,12 @@ impl Segment {
             .unwrap_or_else(|| panic!("segment {} has no values", self.name))
     }
 
+    /// The mean, estimated from the CDF's 100 points (each stands for 1 % of the values).
+    pub fn mean_from_cdf(&self) -> f64 {
+        assert!(!self.cdf.is_empty(), "segment {} has no CDF", self.name);
+        self.cdf.iter().map(|(v, _)| *v as f64).sum::<f64>() / self.cdf.len() as f64
+    }
+
     /// The q-quantile read from the CDF (the first point whose fraction reaches q).
     pub fn quantile(&self, q: f64) -> i64 {
         self.cdf

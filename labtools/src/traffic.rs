@@ -6,7 +6,11 @@ use serde::Serialize;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+
+use crate::queuelog::{self, QueueLogger};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -88,6 +92,8 @@ pub struct SendOpts {
     pub nodelay: bool,
     /// How long to keep retrying while the receiver is not listening yet.
     pub connect_timeout: Duration,
+    /// Where to write the send buffer's log (see [`crate::queuelog`]), if anywhere.
+    pub queue_log: Option<std::path::PathBuf>,
 }
 
 fn connect_retrying(addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
@@ -113,6 +119,10 @@ pub fn tcp_send(o: &SendOpts) -> Result<Report> {
     let mut s = connect_retrying(o.connect, o.connect_timeout)?;
     set_buf(&s, libc::SO_SNDBUF, o.sndbuf)?;
     s.set_nodelay(o.nodelay)?;
+    let handed = Arc::new(AtomicU64::new(0));
+    let logger = QueueLogger::start_if(o.queue_log.as_deref(), || {
+        queuelog::send_buffer(&s, handed.clone())
+    })?;
     let buf = vec![0x5au8; o.write_size.max(1)];
     let start = Instant::now();
     let pacer = Pacer {
@@ -130,9 +140,14 @@ pub fn tcp_send(o: &SendOpts) -> Result<Report> {
             break;
         }
         pacer.wait(sent);
+        // Handed over when the call starts: that is when the observer's sock_send stamps.
+        handed.store(sent + want as u64, Relaxed);
         s.write_all(&buf[..want]).context("write to receiver")?;
         sent += want as u64;
         writes += 1;
+    }
+    if let Some(l) = logger {
+        l.stop()?;
     }
     s.shutdown(std::net::Shutdown::Write)?;
     // Wait for the receiver to close, so the report covers delivery, not just buffering.
@@ -147,69 +162,33 @@ pub struct RecvOpts {
     /// Reads at most this many bytes/s, leaving the rest queued in the socket.
     pub read_rate: Option<u64>,
     pub rcvbuf: Option<u64>,
-    /// Where to write the receive queue's log (see [`QueueLog`]), if anywhere.
+    /// Where to write the receive queue's log (see [`crate::queuelog`]), if anywhere.
     pub queue_log: Option<std::path::PathBuf>,
+    /// Every read takes exactly `read_size` bytes in one call (`MSG_WAITALL`), as applications
+    /// reading fixed-size records do: read boundaries then line up in sequence space.
+    pub read_exact: bool,
 }
 
-/// One line of a receiver's queue log: the bytes waiting in its receive queue (`FIONREAD`),
-/// averaged over time, and the bytes the reader took out, in one interval.
-///
-/// By Little's law the mean time a byte waits in the queue over a stretch of intervals is the
-/// mean queue length divided by the rate bytes leave it: `Σ queued_mean·secs / Σ read_bytes`.
-/// The kernel counts the queue itself, so this is a ground truth for the receive-queue wait that
-/// shares nothing with the observer's stamps.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct QueueLog {
-    /// End of the interval, seconds since the Unix epoch (CLOCK_REALTIME).
-    pub t: f64,
-    pub secs: f64,
-    pub queued_mean: f64,
-    pub read_bytes: u64,
-}
-
-/// How often the queue is sampled, and how many samples make one log line.
-const QUEUE_SAMPLE: Duration = Duration::from_millis(1);
-const QUEUE_SAMPLES_PER_LINE: u32 = 100;
-
-/// Samples `s`'s receive queue every millisecond until `done`, writing a [`QueueLog`] line per
-/// 100 samples to `path`. `read` is the reader's running byte count.
-fn log_queue(
-    s: TcpStream,
-    path: std::path::PathBuf,
-    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Result<()> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?,
-    );
-    let (mut sum, mut n) = (0f64, 0u32);
-    let (mut t0, mut read0) = (Instant::now(), read.load(Relaxed));
-    while !done.load(Relaxed) {
-        let mut queued: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int; `s` keeps the descriptor open.
-        if unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut queued) } != 0 {
-            break;
+/// One `recv(MSG_WAITALL)`: the whole buffer in one call, unless the peer closes first.
+fn recv_all(s: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is writable for its length while the call runs.
+        let n = unsafe {
+            libc::recv(
+                s.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_WAITALL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
         }
-        sum += queued as f64;
-        n += 1;
-        if n == QUEUE_SAMPLES_PER_LINE {
-            let r = read.load(Relaxed);
-            let line = QueueLog {
-                t: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)?
-                    .as_secs_f64(),
-                secs: t0.elapsed().as_secs_f64(),
-                queued_mean: sum / n as f64,
-                read_bytes: r - read0,
-            };
-            writeln!(out, "{}", serde_json::to_string(&line)?)?;
-            out.flush()?;
-            (sum, n, t0, read0) = (0.0, 0, Instant::now(), r);
+        let e = std::io::Error::last_os_error();
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(e);
         }
-        std::thread::sleep(QUEUE_SAMPLE);
     }
-    Ok(())
 }
 
 /// Accepts one connection and reads it to the end.
@@ -218,15 +197,10 @@ pub fn tcp_recv(o: &RecvOpts) -> Result<Report> {
     // Set on the listener so the accepted socket starts with it (window scaling is negotiated early).
     set_buf(&l, libc::SO_RCVBUF, o.rcvbuf)?;
     let (mut s, _) = l.accept().context("accept")?;
-    let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let logger = match &o.queue_log {
-        Some(path) => {
-            let (s, path, read, done) = (s.try_clone()?, path.clone(), read.clone(), done.clone());
-            Some(std::thread::spawn(move || log_queue(s, path, read, done)))
-        }
-        None => None,
-    };
+    let read = Arc::new(AtomicU64::new(0));
+    let logger = QueueLogger::start_if(o.queue_log.as_deref(), || {
+        queuelog::receive_queue(&s, read.clone())
+    })?;
     let mut buf = vec![0u8; o.read_size.max(1)];
     let start = Instant::now();
     let pacer = Pacer {
@@ -236,18 +210,20 @@ pub fn tcp_recv(o: &RecvOpts) -> Result<Report> {
     let (mut got, mut reads) = (0u64, 0u64);
     loop {
         pacer.wait(got);
-        let n = s.read(&mut buf).context("read from sender")?;
+        let n = if o.read_exact {
+            recv_all(&s, &mut buf).context("read from sender")?
+        } else {
+            s.read(&mut buf).context("read from sender")?
+        };
         if n == 0 {
             break;
         }
         got += n as u64;
         reads += 1;
-        read.store(got, std::sync::atomic::Ordering::Relaxed);
+        read.store(got, Relaxed);
     }
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(l) = logger {
-        l.join()
-            .map_err(|_| anyhow::anyhow!("the queue logger panicked"))??;
+        l.stop()?;
     }
     Ok(Report::new("tcp-recv", got, reads, 0, start.elapsed()))
 }
@@ -330,6 +306,7 @@ mod tests {
                 read_rate: None,
                 rcvbuf: None,
                 queue_log: None,
+                read_exact: true,
             })
             .unwrap()
         });
@@ -342,6 +319,7 @@ mod tests {
             sndbuf: None,
             nodelay: false,
             connect_timeout: Duration::from_secs(5),
+            queue_log: None,
         })
         .unwrap();
         let got = recv.join().unwrap();
@@ -349,50 +327,5 @@ mod tests {
         assert_eq!(got.bytes, 200_000);
         // 200 kB at 1 MB/s cannot finish in much less than 0.2 s.
         assert!(sent.secs >= 0.18, "pacing ignored: {}", sent.secs);
-    }
-
-    /// A reader slower than its writer: the log shows bytes waiting, and by Little's law their
-    /// mean wait is near what the queue must hold at that read rate.
-    #[test]
-    fn a_slow_reader_logs_its_queue() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("queue.jsonl");
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        drop(l);
-        let path = log.clone();
-        let recv = std::thread::spawn(move || {
-            tcp_recv(&RecvOpts {
-                listen: addr,
-                read_size: 4096,
-                read_rate: Some(2_000_000),
-                rcvbuf: Some(64 * 1024),
-                queue_log: Some(path),
-            })
-            .unwrap()
-        });
-        tcp_send(&SendOpts {
-            connect: addr,
-            write_size: 4096,
-            bytes: Some(1_500_000),
-            duration: None,
-            rate: None,
-            sndbuf: None,
-            nodelay: false,
-            connect_timeout: Duration::from_secs(5),
-        })
-        .unwrap();
-        recv.join().unwrap();
-        let lines: Vec<QueueLog> = std::fs::read_to_string(&log)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        // 1.5 MB at 2 MB/s: ~0.75 s, a line per ~0.1 s.
-        assert!(lines.len() >= 4, "{} lines", lines.len());
-        let read: u64 = lines.iter().map(|l| l.read_bytes).sum();
-        assert!(read > 1_000_000 && read <= 1_500_000, "read {read}");
-        let queued = lines.iter().map(|l| l.queued_mean).fold(0.0, f64::max);
-        assert!(queued > 16_384.0, "the queue never filled: {queued}");
     }
 }

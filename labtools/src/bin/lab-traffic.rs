@@ -39,6 +39,10 @@ enum Cmd {
         nodelay: bool,
         #[arg(long, default_value = "10s", value_parser = duration)]
         connect_timeout: Duration,
+        /// Write the bytes handed to send calls and not yet sent by TCP (time-averaged) and the
+        /// bytes sent, one JSON line per 100 ms, to this file (see --queue-log of tcp-recv).
+        #[arg(long)]
+        queue_log: Option<std::path::PathBuf>,
     },
     /// Accepts one connection and reads it to the end.
     TcpRecv {
@@ -52,9 +56,12 @@ enum Cmd {
         #[arg(long, value_parser = parse_size)]
         rcvbuf: Option<u64>,
         /// Write the receive queue's length (time-averaged) and the bytes read, one JSON line per
-        /// 100 ms, to this file: Little's law turns them into the bytes' mean wait.
+        /// 100 ms, to this file: by Little's law they give the bytes' mean wait in the queue.
         #[arg(long)]
         queue_log: Option<std::path::PathBuf>,
+        /// Take exactly --read-size bytes per read, in one call (MSG_WAITALL).
+        #[arg(long)]
+        read_exact: bool,
     },
     /// Sends small UDP datagrams as fast as it can (or at --pps) and reports packets per second.
     UdpFlood {
@@ -94,6 +101,7 @@ fn main() -> Result<()> {
             sndbuf,
             nodelay,
             connect_timeout,
+            queue_log,
         } => traffic::tcp_send(&traffic::SendOpts {
             connect,
             write_size: write_size as usize,
@@ -103,6 +111,7 @@ fn main() -> Result<()> {
             sndbuf,
             nodelay,
             connect_timeout,
+            queue_log,
         })?,
         Cmd::TcpRecv {
             listen,
@@ -110,12 +119,14 @@ fn main() -> Result<()> {
             read_rate,
             rcvbuf,
             queue_log,
+            read_exact,
         } => traffic::tcp_recv(&traffic::RecvOpts {
             listen,
             read_size: read_size as usize,
             read_rate,
             rcvbuf,
             queue_log,
+            read_exact,
         })?,
         Cmd::UdpFlood {
             connect,

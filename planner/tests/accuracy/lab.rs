@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use labtools::queuelog;
 use labtools::relay::Dir;
 use labtools::testlab::{self, lab_inventory, lock_lab, ns_command, require_lab};
-use labtools::traffic::QueueLog;
 
 use crate::capture::Captures;
 use crate::report::Report;
@@ -51,12 +51,12 @@ pub struct Flow {
 struct Traffic(testlab::Children);
 
 impl Traffic {
-    /// Starts the flows; each receiver logs its receive queue to `queue_log(dir, flow)`.
+    /// Starts the flows; each end logs its socket's queue to `queue_log(dir, flow, end)`.
     fn start(flows: &[Flow], dir: &Path) -> Traffic {
         let bin = lab_traffic();
         let mut t = Traffic(testlab::Children(Vec::new()));
         for f in flows {
-            let log = queue_log(dir, f);
+            let log = queue_log(dir, f, End::Receiver);
             let mut argv = vec![bin.as_str(), "tcp-recv", "--listen", f.to];
             argv.extend_from_slice(&["--queue-log", log.to_str().unwrap()]);
             argv.extend_from_slice(f.recv);
@@ -78,6 +78,8 @@ impl Traffic {
                 "--duration",
                 "600s",
             ];
+            let log = queue_log(dir, f, End::Sender);
+            argv.extend_from_slice(&["--queue-log", log.to_str().unwrap()]);
             argv.extend_from_slice(f.send);
             t.0.0.push(
                 // Killed at the end of the session: its complaint about that is noise.
@@ -92,8 +94,17 @@ impl Traffic {
     }
 }
 
-fn queue_log(dir: &Path, f: &Flow) -> PathBuf {
-    dir.join(format!("queue-{}.jsonl", f.to.replace([':', '.'], "_")))
+/// Which end of a flow, and so which socket queue: the sender's send buffer or the receiver's
+/// receive queue.
+#[derive(Debug, Clone, Copy)]
+pub enum End {
+    Sender,
+    Receiver,
+}
+
+fn queue_log(dir: &Path, f: &Flow, end: End) -> PathBuf {
+    let to = f.to.replace([':', '.'], "_");
+    dir.join(format!("queue-{end:?}-{to}.jsonl").to_lowercase())
 }
 
 /// What one session does: its flows, the sampling period, and whether the wan is captured.
@@ -113,41 +124,34 @@ pub struct Session {
     pub name: String,
     pub report: Report,
     pub captures: Option<Captures>,
-    /// When `latplan apply` ran (seconds since the Unix epoch): the session lies inside.
-    pub window: (f64, f64),
     dir: PathBuf,
 }
 
 impl Session {
-    /// The receiver's own account of its receive queue during the session (lab-traffic
-    /// `--queue-log`): the bytes' mean wait by Little's law, in ns, and the bytes read.
-    pub fn receive_queue_wait(&self, f: &Flow) -> (f64, u64) {
-        let path = queue_log(&self.dir, f);
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("the receiver's queue log {}: {e}", path.display()));
-        let (mut queued_secs, mut read) = (0.0, 0u64);
-        for line in text.lines() {
-            let l: QueueLog = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("{}: {line:?}: {e}", path.display()));
-            if l.t - l.secs >= self.window.0 && l.t <= self.window.1 {
-                queued_secs += l.queued_mean * l.secs;
-                read += l.read_bytes;
-            }
-        }
+    /// One end's own account of its socket's queue while the report's flows from `src` to `dst`
+    /// were observed (lab-traffic `--queue-log`): the bytes' mean wait by Little's law, in ns,
+    /// and how many bytes left the queue. The report's flow bounds are on the manager's
+    /// timeline, CLOCK_MONOTONIC, which every lab namespace shares with lab-traffic.
+    pub fn queue_wait(&self, f: &Flow, end: End, src: &str, dst: &str) -> (f64, u64) {
+        let flows: Vec<_> = self
+            .report
+            .flows
+            .iter()
+            .filter(|x| x.src_host == src && x.dst_host == dst)
+            .collect();
+        assert!(!flows.is_empty(), "the report has no flow {src}→{dst}");
+        let from = flows.iter().map(|x| x.start_ns).min().unwrap();
+        let to = flows.iter().map(|x| x.end_ns).max().unwrap();
+        let path = queue_log(&self.dir, f, end);
+        let lines = queuelog::read(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        let (wait, left) = queuelog::mean_wait_ns(&lines, from as u64, to as u64);
         assert!(
-            read > 0,
-            "{}: nothing read during the session",
+            left > 0,
+            "{}: no bytes left the queue during the session",
             path.display()
         );
-        (queued_secs / read as f64 * 1e9, read)
+        (wait, left)
     }
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64()
 }
 
 /// The test's hold on the lab: the lab lock, nothing of ours left on the hosts, a scratch
@@ -231,7 +235,6 @@ impl Lab {
         let traffic = Traffic::start(spec.flows, &traffic_dir);
         // The flows connect and settle (slow start, buffers) before the measurement.
         std::thread::sleep(Duration::from_secs(1));
-        let started = unix_now();
         let run = latplan(&[
             "apply",
             inv.to_str().unwrap(),
@@ -242,7 +245,6 @@ impl Lab {
             "--session",
             spec.name,
         ]);
-        let window = (started, unix_now());
         drop(traffic);
         let captures = captures.map(Captures::stop);
         assert!(
@@ -255,7 +257,6 @@ impl Lab {
             name: spec.name.to_string(),
             report: self.report(spec.name),
             captures,
-            window,
             dir: traffic_dir,
         }
     }

@@ -7,7 +7,7 @@ mod capture;
 mod lab;
 mod report;
 
-use lab::{Flow, Lab, Session, SessionSpec};
+use lab::{End, Flow, Lab, Session, SessionSpec};
 use labtools::relay::Dir;
 use report::{Pair, Segment};
 
@@ -274,29 +274,36 @@ fn dominates(checks: &mut Checks, s: &Session, src: &str, dst: &str, expect: &st
     );
 }
 
-/// The receive-queue wait we report against the receiver's own count of its queue: by Little's
-/// law the bytes' mean wait is the queue's mean length over the rate they leave it (lab-traffic
-/// `--queue-log`, FIONREAD every millisecond). Nothing in it comes from the observer.
-fn queue_wait_matches_the_receivers_count(
+/// A socket segment's wait against the application's own count of its socket's queue: by
+/// Little's law the bytes' mean wait is the queue's mean length over the rate they leave it
+/// (lab-traffic `--queue-log`, every millisecond: TCP_INFO's bytes received less the bytes read
+/// calls returned at the receiver, bytes handed to send calls less TCP_INFO's bytes sent at the
+/// sender). Nothing in it comes from the observer.
+fn queue_wait_matches_the_applications_count(
     checks: &mut Checks,
     s: &Session,
     flow: &Flow,
+    end: End,
+    (src, dst): (&str, &str),
     segment: &Segment,
 ) {
-    let (truth, read) = s.receive_queue_wait(flow);
-    let ours = segment.mean_from_cdf();
-    // The CDF's points are histogram buckets (~3 % wide), the queue is sampled once a
-    // millisecond and the window's edges hold partial waits: a quarter either way, or 2 ms.
+    let (truth, left) = s.queue_wait(flow, end, src, dst);
+    let ours = segment
+        .latency
+        .mean_ns
+        .expect("a segment with values has a mean");
+    // A few hundred sampled bytes against every byte, the queue read once a millisecond, and
+    // waits cut by the window's edges: a quarter either way, or 2 ms.
     let tolerance = (0.25 * truth).max(2e6);
     checks.check(
         (ours - truth).abs() <= tolerance,
         format!(
-            "{}: mean {} of {} values against {} by Little's law ({} bytes read; want within ±{})",
+            "{}: mean {} of {} values against {} by Little's law ({} bytes through; want within ±{})",
             segment.name,
             us(ours as i64),
             segment.latency.count,
             us(truth as i64),
-            read,
+            left,
             us(tolerance as i64)
         ),
     );
@@ -319,7 +326,7 @@ fn a_bulk_writer_into_a_slow_path_waits_in_its_socket_buffer() {
     lab.relay("wan", Dir::Both, 5 * MS as u64);
     let s = lab.session(&SessionSpec {
         name: "bulk-writer",
-        flows: &[bulk],
+        flows: std::slice::from_ref(&bulk),
         sample_size: 8192,
         duration: "8s",
         capture_wan: false,
@@ -327,6 +334,18 @@ fn a_bulk_writer_into_a_slow_path_waits_in_its_socket_buffer() {
     });
     lab.relay("wan", Dir::Both, 0);
     dominates(&mut checks, &s, "ct1", "vm2", "ct1:sock_send→tcp_send");
+    let buffer = s
+        .report
+        .pair("ct1", "vm2")
+        .segment("ct1:sock_send→tcp_send");
+    queue_wait_matches_the_applications_count(
+        &mut checks,
+        &s,
+        &bulk,
+        End::Sender,
+        ("ct1", "vm2"),
+        buffer,
+    );
     checks.assert_all();
 }
 
@@ -363,6 +382,13 @@ fn a_slow_reader_leaves_bytes_waiting_in_its_receive_queue() {
         .report
         .pair("metal1", "metal2")
         .segment("metal2:sock_queue→sock_recv");
-    queue_wait_matches_the_receivers_count(&mut checks, &s, &slow, queue);
+    queue_wait_matches_the_applications_count(
+        &mut checks,
+        &s,
+        &slow,
+        End::Receiver,
+        ("metal1", "metal2"),
+        queue,
+    );
     checks.assert_all();
 }

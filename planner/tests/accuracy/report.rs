@@ -4,8 +4,18 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 pub struct Report {
     pub pairs: Vec<Pair>,
+    pub flows: Vec<FlowBounds>,
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+/// A flow's hosts and when it was observed (manager timeline, ns).
+#[derive(Debug, Deserialize)]
+pub struct FlowBounds {
+    pub src_host: String,
+    pub dst_host: String,
+    pub start_ns: i64,
+    pub end_ns: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -31,6 +41,7 @@ pub struct Summary {
     pub count: u64,
     pub p50_ns: Option<i64>,
     pub p90_ns: Option<i64>,
+    pub mean_ns: Option<f64>,
 }
 
 impl Report {
@@ -69,12 +80,6 @@ impl Segment {
         self.latency
             .p50_ns
             .unwrap_or_else(|| panic!("segment {} has no values", self.name))
-    }
-
-    /// The mean, estimated from the CDF's 100 points (each stands for 1 % of the values).
-    pub fn mean_from_cdf(&self) -> f64 {
-        assert!(!self.cdf.is_empty(), "segment {} has no CDF", self.name);
-        self.cdf.iter().map(|(v, _)| *v as f64).sum::<f64>() / self.cdf.len() as f64
     }
 
     /// The q-quantile read from the CDF (the first point whose fraction reaches q).

@@ -172,7 +172,14 @@ async fn connect(
 ) -> Pool {
     let kernels = session::kernel_host_names(inv);
     eprintln!("connecting to {} host(s)…", kernels.len());
+    let started = std::time::Instant::now();
     let pool = Pool::connect(inv, &kernels, opts, &|_h: &str| {}).await;
+    eprintln!(
+        "connected to {} of {} host(s) in {:.1} s",
+        pool.connected.len(),
+        kernels.len(),
+        started.elapsed().as_secs_f64()
+    );
     for (h, e) in &pool.failed {
         recap.set(h, HostOutcome::Unreachable(e.to_string()));
     }
@@ -217,8 +224,22 @@ async fn converge_all(
                 )
             }
         });
+    let started = std::time::Instant::now();
+    let results = join_all(jobs).await;
+    let (hosts, what) = (
+        results.len(),
+        if check_only {
+            "facts"
+        } else {
+            "facts and pushes"
+        },
+    );
+    eprintln!(
+        "{what} on {hosts} host(s) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let mut facts = BTreeMap::new();
-    for (name, r) in join_all(jobs).await {
+    for (name, r) in results {
         match r {
             Ok((f, changed)) => {
                 let verb = if check_only {

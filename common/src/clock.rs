@@ -1,6 +1,18 @@
 //! Clock fits: how a clock domain's eBPF clock maps onto the manager's timeline.
 use serde::{Deserialize, Serialize};
 
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock `bpf_ktime_get_ns()` reads, so the clock every
+/// latplan kernel program stamps with and the manager's timeline.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// A linear map from one clock domain's `bpf_ktime_get_ns()` to the manager's, valid from
 /// `valid_from_host_ns` (host clock) until the next fit of the same domain.
 ///

@@ -8,16 +8,10 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-/// CLOCK_MONOTONIC in nanoseconds: what `bpf_ktime_get_ns()` and the clock fits use.
+/// CLOCK_MONOTONIC in nanoseconds, signed for offset arithmetic: what `bpf_ktime_get_ns()` and
+/// the clock fits use.
 pub fn monotonic_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+    latplan_common::clock::monotonic_ns() as i64
 }
 
 /// Answers every datagram on `listen` with its first 8 bytes (the asker's nonce) and this host's

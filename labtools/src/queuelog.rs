@@ -157,7 +157,7 @@ fn run(file: std::fs::File, path: &Path, mut sample: Sampler, done: &AtomicBool)
         n += 1;
         if n == SAMPLES_PER_LINE {
             let line = QueueLog {
-                t_ns: crate::clockecho::monotonic_ns() as u64,
+                t_ns: latplan_common::clock::monotonic_ns(),
                 secs: t0.elapsed().as_secs_f64(),
                 queued_mean: sum / n as f64,
                 left_bytes: left.saturating_sub(first),

@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// CLOCK_MONOTONIC now, ns: the clock the kernel programs stamp with.
+pub use latplan_common::clock::monotonic_ns;
+
 /// Who keeps the observer alive (DESIGN.md §10: an observer whose controller is gone detaches).
 pub enum LeaseSource {
     /// Heartbeat lines on stdin (the SSH channel); end of input ends the run.
@@ -342,16 +345,6 @@ fn stats(
         records_dropped: st.dropped,
         cpu_percent: cpu.percent(),
     })
-}
-
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// CPU time of this process between calls, as percent of one core.

@@ -4,6 +4,9 @@ use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use serde::{Deserialize, Serialize};
 
+/// CLOCK_MONOTONIC now, ns: the clock the kernel programs stamp with.
+pub use latplan_common::clock::monotonic_ns;
+
 /// The compiled kernel object.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/timesync"));
 
@@ -172,17 +175,6 @@ pub fn driver_name(iface: &str) -> Option<String> {
     }
     let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
     Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
-}
-
-/// CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns()` (hence `clock_ns()`) reads.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Refuses tokens and ports the programs cannot use.

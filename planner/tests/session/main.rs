@@ -185,12 +185,20 @@ fn apply_measures_every_segment_then_teardown_leaves_nothing() {
         out.contains("failed=0 unreachable=0"),
         "every host ran cleanly: {out}"
     );
+    // How long each phase took, for the user reading the output.
+    for phase in [
+        "connected to 4 of 4 host(s) in ",
+        "facts and pushes on 4 host(s) in ",
+    ] {
+        assert!(out.contains(phase), "apply did not report {phase:?}: {out}");
+    }
 
     // Converged hosts: a second apply changes nothing.
     let again = latplan(&["apply", inv, "--check"]);
     assert!(again.status.success(), "{}", text(&again));
     assert!(
-        text(&again).contains("changed=0 failed=0 unreachable=0"),
+        text(&again).contains("changed=0 failed=0 unreachable=0")
+            && text(&again).contains("facts on 4 host(s) in "),
         "{}",
         text(&again)
     );

@@ -226,16 +226,14 @@ async fn converge_all(
         });
     let started = std::time::Instant::now();
     let results = join_all(jobs).await;
-    let (hosts, what) = (
-        results.len(),
-        if check_only {
-            "facts"
-        } else {
-            "facts and pushes"
-        },
-    );
+    let what = if check_only {
+        "facts"
+    } else {
+        "facts and pushes"
+    };
     eprintln!(
-        "{what} on {hosts} host(s) in {:.1} s",
+        "{what} on {} host(s) in {:.1} s",
+        results.len(),
         started.elapsed().as_secs_f64()
     );
     let mut facts = BTreeMap::new();

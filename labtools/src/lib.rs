@@ -5,4 +5,5 @@ pub mod queuelog;
 pub mod relay;
 pub mod testlab;
 pub mod traffic;
+pub mod txstamp;
 pub mod units;

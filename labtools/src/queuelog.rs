@@ -209,6 +209,7 @@ mod tests {
             nodelay: false,
             connect_timeout: Duration::from_secs(5),
             queue_log: Some(slog.clone()),
+            tx_stamps: None,
         })
         .unwrap();
         recv.join().unwrap();

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::queuelog::{self, QueueLogger};
+use crate::txstamp::TxStamper;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -94,6 +95,8 @@ pub struct SendOpts {
     pub connect_timeout: Duration,
     /// Where to write the send buffer's log (see [`crate::queuelog`]), if anywhere.
     pub queue_log: Option<std::path::PathBuf>,
+    /// Where to write the kernel's transmit stamps of every write (see [`crate::txstamp`]).
+    pub tx_stamps: Option<std::path::PathBuf>,
 }
 
 fn connect_retrying(addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
@@ -123,6 +126,11 @@ pub fn tcp_send(o: &SendOpts) -> Result<Report> {
     let logger = QueueLogger::start_if(o.queue_log.as_deref(), || {
         queuelog::send_buffer(&s, handed.clone())
     })?;
+    let stamper = o
+        .tx_stamps
+        .as_deref()
+        .map(|p| TxStamper::start(&s, p))
+        .transpose()?;
     let buf = vec![0x5au8; o.write_size.max(1)];
     let start = Instant::now();
     let pacer = Pacer {
@@ -148,6 +156,9 @@ pub fn tcp_send(o: &SendOpts) -> Result<Report> {
     }
     if let Some(l) = logger {
         l.stop()?;
+    }
+    if let Some(t) = stamper {
+        t.stop()?;
     }
     s.shutdown(std::net::Shutdown::Write)?;
     // Wait for the receiver to close, so the report covers delivery, not just buffering.
@@ -320,6 +331,7 @@ mod tests {
             nodelay: false,
             connect_timeout: Duration::from_secs(5),
             queue_log: None,
+            tx_stamps: None,
         })
         .unwrap();
         let got = recv.join().unwrap();

@@ -43,6 +43,10 @@ enum Cmd {
         /// bytes sent, one JSON line per 100 ms, to this file (see --queue-log of tcp-recv).
         #[arg(long)]
         queue_log: Option<std::path::PathBuf>,
+        /// Write the kernel's transmit stamps of every write's last byte (SO_TIMESTAMPING:
+        /// entering the device layer, handed to the driver), one JSON line per stamp, to this file.
+        #[arg(long)]
+        tx_stamps: Option<std::path::PathBuf>,
     },
     /// Accepts one connection and reads it to the end.
     TcpRecv {
@@ -102,6 +106,7 @@ fn main() -> Result<()> {
             nodelay,
             connect_timeout,
             queue_log,
+            tx_stamps,
         } => traffic::tcp_send(&traffic::SendOpts {
             connect,
             write_size: write_size as usize,
@@ -112,6 +117,7 @@ fn main() -> Result<()> {
             nodelay,
             connect_timeout,
             queue_log,
+            tx_stamps,
         })?,
         Cmd::TcpRecv {
             listen,

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use labtools::queuelog;
 use labtools::relay::Dir;
 use labtools::testlab::{self, lab_inventory, lock_lab, ns_command, require_lab};
+use labtools::{queuelog, txstamp};
 
 use crate::capture::Captures;
 use crate::report::Report;
@@ -45,6 +45,8 @@ pub struct Flow {
     pub send: &'static [&'static str],
     /// Extra `tcp-recv` arguments (read rate, receive buffer).
     pub recv: &'static [&'static str],
+    /// Whether the sender logs the kernel's transmit stamps of its writes (`--tx-stamps`).
+    pub stamp_tx: bool,
 }
 
 /// Running flows; killed when dropped (also when a test fails).
@@ -80,6 +82,10 @@ impl Traffic {
             ];
             let log = queue_log(dir, f, End::Sender);
             argv.extend_from_slice(&["--queue-log", log.to_str().unwrap()]);
+            let stamps = tx_stamp_log(dir, f);
+            if f.stamp_tx {
+                argv.extend_from_slice(&["--tx-stamps", stamps.to_str().unwrap()]);
+            }
             argv.extend_from_slice(f.send);
             t.0.0.push(
                 // Killed at the end of the session: its complaint about that is noise.
@@ -107,6 +113,10 @@ fn queue_log(dir: &Path, f: &Flow, end: End) -> PathBuf {
     dir.join(format!("queue-{end:?}-{to}.jsonl").to_lowercase())
 }
 
+fn tx_stamp_log(dir: &Path, f: &Flow) -> PathBuf {
+    dir.join(format!("tx-stamps-{}.jsonl", f.to.replace([':', '.'], "_")))
+}
+
 /// What one session does: its flows, the sampling period, and whether the wan is captured.
 pub struct SessionSpec<'a> {
     pub name: &'a str,
@@ -128,11 +138,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// One end's own account of its socket's queue while the report's flows from `src` to `dst`
-    /// were observed (lab-traffic `--queue-log`): the bytes' mean wait by Little's law, in ns,
-    /// and how many bytes left the queue. The report's flow bounds are on the manager's
-    /// timeline, CLOCK_MONOTONIC, which every lab namespace shares with lab-traffic.
-    pub fn queue_wait(&self, f: &Flow, end: End, src: &str, dst: &str) -> (f64, u64) {
+    /// The report's observed span of its flows from `src` to `dst` (manager timeline, ns).
+    fn flow_span(&self, src: &str, dst: &str) -> (i64, i64) {
         let flows: Vec<_> = self
             .report
             .flows
@@ -142,6 +149,26 @@ impl Session {
         assert!(!flows.is_empty(), "the report has no flow {src}→{dst}");
         let from = flows.iter().map(|x| x.start_ns).min().unwrap();
         let to = flows.iter().map(|x| x.end_ns).max().unwrap();
+        (from, to)
+    }
+
+    /// The sender's writes' qdisc waits by the kernel's own transmit stamps (SND − SCHED,
+    /// lab-traffic `--tx-stamps`) while the report's flows from `src` to `dst` were observed,
+    /// sorted, and how many writes were left out as ambiguous or unpaired.
+    pub fn qdisc_waits(&self, f: &Flow, src: &str, dst: &str) -> (Vec<i64>, usize) {
+        assert!(f.stamp_tx, "the flow to {} was not stamped", f.to);
+        let (from, to) = self.flow_span(src, dst);
+        let path = tx_stamp_log(&self.dir, f);
+        let stamps = txstamp::read(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        txstamp::qdisc_waits(&stamps, from, to)
+    }
+
+    /// One end's own account of its socket's queue while the report's flows from `src` to `dst`
+    /// were observed (lab-traffic `--queue-log`): the bytes' mean wait by Little's law, in ns,
+    /// and how many bytes left the queue. The report's flow bounds are on the manager's
+    /// timeline, CLOCK_MONOTONIC, which every lab namespace shares with lab-traffic.
+    pub fn queue_wait(&self, f: &Flow, end: End, src: &str, dst: &str) -> (f64, u64) {
+        let (from, to) = self.flow_span(src, dst);
         let path = queue_log(&self.dir, f, end);
         let lines = queuelog::read(&path).unwrap_or_else(|e| panic!("{e:#}"));
         let (wait, left) = queuelog::mean_wait_ns(&lines, from as u64, to as u64);
@@ -185,6 +212,30 @@ impl Lab {
         lab.relay("wan", Dir::Both, 0);
         lab.relay("vm1", Dir::Both, 0);
         lab
+    }
+
+    /// Puts a token bucket of `rate` (tc syntax, e.g. `40mbit`) on a lab interface as its root
+    /// qdisc, so what the interface sends waits in a real qdisc; taken off when the returned
+    /// guard is dropped. The lab's interfaces have none of their own (noqueue).
+    pub fn rate_limit(&self, netns: &'static str, dev: &'static str, rate: &str) -> RateLimit {
+        let shown = text(&testlab::ns_exec(
+            netns,
+            &["tc", "qdisc", "show", "dev", dev],
+        ));
+        assert!(
+            shown.contains("noqueue"),
+            "{netns} {dev} already has a qdisc, which this test would replace: {shown}"
+        );
+        let guard = RateLimit { netns, dev };
+        let set = testlab::ns_exec(
+            netns,
+            &[
+                "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst", "16k",
+                "limit", "1m",
+            ],
+        );
+        assert!(set.status.success(), "tbf on {netns} {dev}: {}", text(&set));
+        guard
     }
 
     /// Sets a relay's one-way delay (no loss) in one or both directions.
@@ -273,6 +324,26 @@ impl Lab {
         assert!(o.status.success(), "report {session}: {}", text(&o));
         serde_json::from_slice(&o.stdout)
             .unwrap_or_else(|e| panic!("report {session} is not the JSON expected: {e}"))
+    }
+}
+
+/// A token bucket on a lab interface, taken off when dropped (also when a test fails).
+pub struct RateLimit {
+    netns: &'static str,
+    dev: &'static str,
+}
+
+impl Drop for RateLimit {
+    fn drop(&mut self) {
+        let del = testlab::ns_exec(self.netns, &["tc", "qdisc", "del", "dev", self.dev, "root"]);
+        if !del.status.success() {
+            eprintln!(
+                "could not take the tbf off {} {}: {}",
+                self.netns,
+                self.dev,
+                text(&del)
+            );
+        }
     }
 }
 

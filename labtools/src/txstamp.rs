@@ -96,7 +96,7 @@ pub fn drain(fd: RawFd, real_minus_mono: i64, out: &mut Vec<Stamp>) -> Result<()
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = std::mem::size_of_val(&control);
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
         // SAFETY: every buffer msg points to lives across the call.
         let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
         if n < 0 {

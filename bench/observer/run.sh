@@ -13,7 +13,7 @@
 # Rounds alternate with/without so machine noise hits both alike; medians are reported.
 # Usage: bench/observer/run.sh [ROUNDS]   (prints markdown tables for BENCHMARKS.md)
 #   PARTS=tcp,udp,cost,load (default all) picks the parts; OBS_BASELINE adds a baseline build to
-#   "cost" and "load".
+#   "tcp", "cost" and "load".
 set -euo pipefail
 ROUNDS=${1:-5}
 PARTS=${PARTS:-tcp,udp,cost,load}
@@ -62,43 +62,54 @@ tcp_round() { # SRC_NS DST_NS DST_IP -> bytes/s
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+# One TCP round on PATH: none = no observer, else with the observers of that build.
+path_round() { # PATH none|OBSERVER -> bytes/s
+  local path=$1 build=$2 extra=()
+  case $path in
+    wan) src=lp-metal1 dst=lp-metal2 ip=10.78.0.2 ;;
+    veth) src=lp-metal1 dst=lp-ct1 ip=10.77.1.6 ;;
+    offloads*) src=lpo-snd dst=lpo-rcv ip=10.75.0.2; [ "$path" = offloads ] || extra=(--min-interval-us 1000) ;;
+  esac
+  if [ "$build" = none ]; then tcp_round $src $dst $ip; return; fi
+  case $path in
+    wan) OBS=$build start_obs lp-metal1 a --interfaces wan0 --ports 5201
+         OBS=$build start_obs lp-metal2 b --interfaces wan0 --ports 5201 ;;
+    veth) OBS=$build start_obs lp-metal1 a --interfaces veth-ct1 --containers lp-ct1 --ports 5201 ;;
+    offloads*) OBS=$build start_obs lpo-snd a --interfaces vo-snd --ports 5201 "${extra[@]}"
+               OBS=$build start_obs lpo-rcv b --interfaces vo-rcv --ports 5201 "${extra[@]}" ;;
+  esac
+  tcp_round $src $dst $ip
+  stop_obs a; [ "$path" = veth ] || stop_obs b
+}
+
 if part tcp; then
-echo "| benchmark | without | with observer | ratio |"
-echo "|---|---|---|---|"
+builds=("$OBS"); [ -z "${OBS_BASELINE:-}" ] || builds+=("$OBS_BASELINE")
+head="| benchmark | without | with observer | ratio |"; rule="|---|---|---|---|"
+[ -z "${OBS_BASELINE:-}" ] || { head="$head with $OBS_BASELINE | ratio |"; rule="$rule---|---|"; }
+echo "$head"; echo "$rule"
 # wan: observers on both metals; direct veth: metal1's observer covers its container ct1. Both
 # lab paths have TSO/GSO/GRO turned off (ci/lab), so every hook runs once per 1500-byte segment:
 # the worst case. "offloads": a scratch veth pair between two namespaces with the kernel's
 # defaults (TSO/GSO on), as a host's own stack sends, observers on both ends; "offloads-1ms" the
-# same with a 1 ms per-flow sampling interval (inventory `sampling.interval: 1ms`).
+# same with a 1 ms per-flow sampling interval (inventory `sampling.interval: 1ms`). With
+# OBS_BASELINE, each round also runs that build, so both builds' ratios come from one run.
 ip netns add lpo-snd; ip netns add lpo-rcv
 ip -n lpo-snd link add vo-snd type veth peer name vo-rcv netns lpo-rcv
 ip -n lpo-snd addr add 10.75.0.1/30 dev vo-snd; ip -n lpo-rcv addr add 10.75.0.2/30 dev vo-rcv
 for ns in lpo-snd lpo-rcv; do ip -n "$ns" link set lo up; done
 ip -n lpo-snd link set vo-snd up; ip -n lpo-rcv link set vo-rcv up
 for path in wan veth offloads offloads-1ms; do
-  : >"$TMP/none"; : >"$TMP/obs"
+  : >"$TMP/none"; for i in "${!builds[@]}"; do : >"$TMP/obs$i"; done
   for _ in $(seq "$ROUNDS"); do
-    if [ $path = wan ]; then
-      tcp_round lp-metal1 lp-metal2 10.78.0.2 >>"$TMP/none"
-      start_obs lp-metal1 a --interfaces wan0 --ports 5201; start_obs lp-metal2 b --interfaces wan0 --ports 5201
-      tcp_round lp-metal1 lp-metal2 10.78.0.2 >>"$TMP/obs"
-      stop_obs a; stop_obs b
-    elif [[ $path = offloads* ]]; then
-      extra=(); [ $path = offloads ] || extra=(--min-interval-us 1000)
-      tcp_round lpo-snd lpo-rcv 10.75.0.2 >>"$TMP/none"
-      start_obs lpo-snd a --interfaces vo-snd --ports 5201 "${extra[@]}"
-      start_obs lpo-rcv b --interfaces vo-rcv --ports 5201 "${extra[@]}"
-      tcp_round lpo-snd lpo-rcv 10.75.0.2 >>"$TMP/obs"
-      stop_obs a; stop_obs b
-    else
-      tcp_round lp-metal1 lp-ct1 10.77.1.6 >>"$TMP/none"
-      start_obs lp-metal1 a --interfaces veth-ct1 --containers lp-ct1 --ports 5201
-      tcp_round lp-metal1 lp-ct1 10.77.1.6 >>"$TMP/obs"
-      stop_obs a
-    fi
+    path_round $path none >>"$TMP/none"
+    for i in "${!builds[@]}"; do path_round $path "${builds[$i]}" >>"$TMP/obs$i"; done
   done
-  n=$(median <"$TMP/none"); o=$(median <"$TMP/obs")
-  awk -v p="$path" -v r="$ROUNDS" -v n="$n" -v o="$o" 'BEGIN { printf "| TCP bulk %s, MB/s (median of %s) | %.1f | %.1f | %.3f |\n", p, r, n/1e6, o/1e6, o/n }'
+  n=$(median <"$TMP/none")
+  row=$(awk -v p="$path" -v r="$ROUNDS" -v n="$n" 'BEGIN { printf "| TCP bulk %s, MB/s (median of %s) | %.1f |", p, r, n/1e6 }')
+  for i in "${!builds[@]}"; do
+    row="$row$(awk -v n="$n" -v o="$(median <"$TMP/obs$i")" 'BEGIN { printf " %.1f | %.3f |", o/1e6, o/n }')"
+  done
+  echo "$row"
 done
 fi
 

@@ -113,10 +113,14 @@ pub struct KernelOffsets {
     pub tp_snd_nxt: u32,
     /// `sock.sk_protocol` (u16).
     pub sk_protocol: u32,
-    pub reserved: u32,
+    /// `TCP_SKB_CB(skb)->seq` from the skb: `sk_buff.cb` + `tcp_skb_cb.seq` (u32). Valid on
+    /// TCP's receive path, where TCP has filled its control block.
+    pub skb_tcp_seq: u32,
+    /// `TCP_SKB_CB(skb)->end_seq` from the skb (u32): seq + data + SYN + FIN.
+    pub skb_tcp_end_seq: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 100);
 
 /// Global settings of one observer run (one entry of an array map next to [`SamplingConfig`]).
 #[repr(C)]

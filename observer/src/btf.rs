@@ -225,7 +225,8 @@ impl Btf {
             tp_rcv_nxt: tcp("rcv_nxt")?,
             tp_snd_nxt: tcp("snd_nxt")?,
             sk_protocol: sock("sk_protocol")?,
-            reserved: 0,
+            skb_tcp_seq: skb("cb")? + self.offset_of("tcp_skb_cb", "seq")?,
+            skb_tcp_end_seq: skb("cb")? + self.offset_of("tcp_skb_cb", "end_seq")?,
         })
     }
 }
@@ -254,6 +255,8 @@ mod tests {
             o.sk_net, 48,
             "sock_common.skc_net has been at 48 on x86_64 for years"
         );
+        // TCP's control block lives in the skb's cb[], seq then end_seq.
+        assert_eq!(o.skb_tcp_end_seq, o.skb_tcp_seq + 4);
         assert!(btf.has_tracepoint("sock_send_length"));
         assert!(!btf.has_tracepoint("no_such_tracepoint_here"));
     }

@@ -210,6 +210,7 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             queue_log: Some(slog.clone()),
             tx_stamps: None,
+            align_writes: None,
         })
         .unwrap();
         recv.join().unwrap();

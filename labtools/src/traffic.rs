@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::queuelog::{self, QueueLogger};
-use crate::txstamp::TxStamper;
+use crate::txstamp::{self, TxStamper};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -97,6 +97,10 @@ pub struct SendOpts {
     pub queue_log: Option<std::path::PathBuf>,
     /// Where to write the kernel's transmit stamps of every write (see [`crate::txstamp`]).
     pub tx_stamps: Option<std::path::PathBuf>,
+    /// Size the first write so that every write's last byte has a sequence number that is a
+    /// multiple of this (a power of two dividing `write_size`): with the observer's sample size,
+    /// the byte the kernel stamps is one the observer samples.
+    pub align_writes: Option<u64>,
 }
 
 fn connect_retrying(addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
@@ -126,11 +130,20 @@ pub fn tcp_send(o: &SendOpts) -> Result<Report> {
     let logger = QueueLogger::start_if(o.queue_log.as_deref(), || {
         queuelog::send_buffer(&s, handed.clone())
     })?;
+    let base = if o.tx_stamps.is_some() || o.align_writes.is_some() {
+        txstamp::write_seq(&s)?
+    } else {
+        0
+    };
     let stamper = o
         .tx_stamps
         .as_deref()
-        .map(|p| TxStamper::start(&s, p))
+        .map(|p| TxStamper::start(&s, base, p))
         .transpose()?;
+    let first_write = match o.align_writes {
+        Some(n) => aligned_first_write(base, n, o.write_size as u64)?,
+        None => o.write_size,
+    };
     let buf = vec![0x5au8; o.write_size.max(1)];
     let start = Instant::now();
     let pacer = Pacer {
@@ -139,10 +152,11 @@ pub fn tcp_send(o: &SendOpts) -> Result<Report> {
     };
     let (mut sent, mut writes) = (0u64, 0u64);
     loop {
+        let size = if writes == 0 { first_write } else { buf.len() };
         let want = match o.bytes {
             Some(total) if sent >= total => break,
-            Some(total) => (total - sent).min(buf.len() as u64) as usize,
-            None => buf.len(),
+            Some(total) => (total - sent).min(size as u64) as usize,
+            None => size,
         };
         if o.duration.is_some_and(|d| start.elapsed() >= d) {
             break;
@@ -165,6 +179,17 @@ pub fn tcp_send(o: &SendOpts) -> Result<Report> {
     let mut sink = [0u8; 64];
     while s.read(&mut sink).context("wait for receiver to close")? > 0 {}
     Ok(Report::new("tcp-send", sent, writes, 0, start.elapsed()))
+}
+
+/// The first write's size that puts every write's last byte on a multiple of `n` in sequence
+/// space, the stream's first byte being `base`: 1 to `n` bytes.
+fn aligned_first_write(base: u32, n: u64, write_size: u64) -> Result<usize> {
+    if !n.is_power_of_two() || n > 1 << 31 || !write_size.is_multiple_of(n) {
+        bail!("--align-writes {n} must be a power of two that divides --write-size {write_size}");
+    }
+    // Last byte at base + w - 1 ≡ 0 (mod n).
+    let w = (1u32.wrapping_sub(base) as u64) % n;
+    Ok(if w == 0 { n } else { w } as usize)
 }
 
 pub struct RecvOpts {
@@ -306,6 +331,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_aligned_first_write_ends_every_write_on_a_multiple() {
+        for base in [0u32, 1, 5000, 8191, 8192, u32::MAX - 3] {
+            let first = aligned_first_write(base, 8192, 98304).unwrap() as u32;
+            assert!((1..=8192).contains(&first));
+            for k in 0..3u32 {
+                let last = base.wrapping_add(first + k * 98304).wrapping_sub(1);
+                assert_eq!(last % 8192, 0, "base {base}, write {k}");
+            }
+        }
+        assert!(aligned_first_write(0, 8192, 100_000).is_err());
+        assert!(aligned_first_write(0, 3000, 9000).is_err());
+    }
+
+    #[test]
     fn tcp_over_loopback_moves_every_byte_with_pacing() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
@@ -332,6 +371,7 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             queue_log: None,
             tx_stamps: None,
+            align_writes: None,
         })
         .unwrap();
         let got = recv.join().unwrap();

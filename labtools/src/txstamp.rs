@@ -6,7 +6,9 @@
 //! observer's dev_send) and when the driver was handed it (`SCM_TSTAMP_SND`, the driver's
 //! `skb_tx_timestamp()`, beside dev_xmit). Their difference is that segment's wait in the
 //! qdisc. Stamps come back on the socket's error queue keyed by the byte's offset in the
-//! stream (`SOF_TIMESTAMPING_OPT_ID`); a thread drains it and writes one JSON line per stamp.
+//! stream (`SOF_TIMESTAMPING_OPT_ID`); with the stream's first sequence number (read in TCP
+//! repair mode, [`write_seq`]) that is the byte's sequence number, the key the observer's
+//! samples carry too. A thread drains the queue and writes one JSON line per stamp.
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -31,13 +33,70 @@ pub enum Kind {
     Snd,
 }
 
-/// One stamp: which write (the offset of its last byte since the stamps were enabled), which
-/// point, and when, on CLOCK_MONOTONIC (converted from the kernel's CLOCK_REALTIME stamp).
+/// One stamp: which write (the offset of its last byte since the stamps were enabled, and that
+/// byte's TCP sequence number), which point, and when, on CLOCK_MONOTONIC (converted from the
+/// kernel's CLOCK_REALTIME stamp).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
     pub key: u32,
+    pub seq: u32,
     pub kind: Kind,
     pub t_ns: i64,
+}
+
+/// The sequence number the socket's next written byte will get (`tcp_sock.write_seq`), read
+/// in TCP repair mode: the one interface that shows it. Leaving repair mode without a window
+/// probe (`TCP_REPAIR_OFF_NO_WP`) leaves the connection as it was. Needs CAP_NET_ADMIN.
+pub fn write_seq(s: &TcpStream) -> Result<u32> {
+    const TCP_SEND_QUEUE: libc::c_int = 2;
+    const TCP_REPAIR_ON: libc::c_int = 1;
+    const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
+    let fd = s.as_raw_fd();
+    let set = |opt: libc::c_int, v: libc::c_int, what: &str| -> Result<()> {
+        // SAFETY: an int option value living across the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                opt,
+                &v as *const _ as *const libc::c_void,
+                std::mem::size_of_val(&v) as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            bail!("setsockopt {what}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    set(
+        libc::TCP_REPAIR,
+        TCP_REPAIR_ON,
+        "TCP_REPAIR (needs CAP_NET_ADMIN)",
+    )?;
+    let read = (|| -> Result<u32> {
+        set(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
+        let mut v: u32 = 0;
+        let mut len = std::mem::size_of_val(&v) as libc::socklen_t;
+        // SAFETY: a u32 to fill and its length.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_QUEUE_SEQ,
+                &mut v as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "getsockopt TCP_QUEUE_SEQ: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(v)
+    })();
+    set(libc::TCP_REPAIR, TCP_REPAIR_OFF_NO_WP, "TCP_REPAIR off")?;
+    read
 }
 
 /// Asks the kernel for SCHED and SND software stamps of the last byte of every later write.
@@ -82,8 +141,9 @@ fn realtime_minus_monotonic() -> i64 {
     now(libc::CLOCK_REALTIME) - latplan_common::clock::monotonic_ns() as i64
 }
 
-/// Reads every stamp waiting on the socket's error queue, without blocking.
-pub fn drain(fd: RawFd, real_minus_mono: i64, out: &mut Vec<Stamp>) -> Result<()> {
+/// Reads every stamp waiting on the socket's error queue, without blocking. `base` is the
+/// stream's sequence number at key 0.
+pub fn drain(fd: RawFd, real_minus_mono: i64, base: u32, out: &mut Vec<Stamp>) -> Result<()> {
     loop {
         let mut control = [0u64; 64];
         let mut data = [0u8; 64];
@@ -107,7 +167,7 @@ pub fn drain(fd: RawFd, real_minus_mono: i64, out: &mut Vec<Stamp>) -> Result<()
                 _ => Err(e).context("recvmsg MSG_ERRQUEUE"),
             };
         }
-        if let Some(s) = parse(&msg, real_minus_mono) {
+        if let Some(s) = parse(&msg, real_minus_mono, base) {
             out.push(s);
         }
     }
@@ -115,7 +175,7 @@ pub fn drain(fd: RawFd, real_minus_mono: i64, out: &mut Vec<Stamp>) -> Result<()
 
 /// The stamp in one error-queue message: an `SCM_TIMESTAMPING` (software stamp in `ts[0]`) and
 /// a `sock_extended_err` of origin TIMESTAMPING (which point, which byte).
-fn parse(msg: &libc::msghdr, real_minus_mono: i64) -> Option<Stamp> {
+fn parse(msg: &libc::msghdr, real_minus_mono: i64, base: u32) -> Option<Stamp> {
     let (mut t_ns, mut err) = (None, None);
     // SAFETY: the CMSG_* macros walk the control buffer recvmsg filled, within msg_controllen.
     unsafe {
@@ -144,6 +204,7 @@ fn parse(msg: &libc::msghdr, real_minus_mono: i64) -> Option<Stamp> {
     };
     Some(Stamp {
         key: err.ee_data,
+        seq: base.wrapping_add(err.ee_data),
         kind,
         t_ns: t_ns?,
     })
@@ -156,8 +217,10 @@ pub struct TxStamper {
 }
 
 impl TxStamper {
-    /// Enables the stamps on `s` and starts draining them to `path`.
-    pub fn start(s: &TcpStream, path: &Path) -> Result<TxStamper> {
+    /// Enables the stamps on `s` and starts draining them to `path`. Call it before the first
+    /// write: keys count from the stream's first byte, whose sequence number is `base`
+    /// ([`write_seq`] then).
+    pub fn start(s: &TcpStream, base: u32, path: &Path) -> Result<TxStamper> {
         enable(s)?;
         let sock = s
             .try_clone()
@@ -174,7 +237,7 @@ impl TxStamper {
                 // The last round drains what came in before the stop.
                 let last = stopping.load(Relaxed);
                 wait_for_error_queue(sock.as_raw_fd(), 20);
-                drain(sock.as_raw_fd(), offset, &mut batch)?;
+                drain(sock.as_raw_fd(), offset, base, &mut batch)?;
                 for s in batch.drain(..) {
                     serde_json::to_writer(&mut w, &s)?;
                     w.write_all(b"\n")?;
@@ -226,18 +289,21 @@ pub fn read(path: &Path) -> Result<Vec<Stamp>> {
         .collect()
 }
 
-/// Each write's qdisc wait (SND − SCHED, ns) for the writes that entered the device layer in
-/// `[from_ns, to_ns]`, and how many writes were left out for having more than one stamp of a
-/// kind (a retransmitted segment is stamped again) or only one of the two.
-pub fn qdisc_waits(stamps: &[Stamp], from_ns: i64, to_ns: i64) -> (Vec<i64>, usize) {
+/// Each write's qdisc wait (SND − SCHED, ns) by the sequence number of its last byte, for the
+/// writes that entered the device layer in `[from_ns, to_ns]`, sorted by wait; and how many
+/// writes were left out for having more than one stamp of a kind (a retransmitted segment is
+/// stamped again) or only one of the two.
+pub fn qdisc_waits(stamps: &[Stamp], from_ns: i64, to_ns: i64) -> (Vec<(u32, i64)>, usize) {
     #[derive(Default)]
     struct Write {
+        seq: u32,
         sched: Vec<i64>,
         snd: Vec<i64>,
     }
     let mut by_key: HashMap<u32, Write> = HashMap::new();
     for s in stamps {
         let w = by_key.entry(s.key).or_default();
+        w.seq = s.seq;
         match s.kind {
             Kind::Sched => w.sched.push(s.t_ns),
             Kind::Snd => w.snd.push(s.t_ns),
@@ -246,12 +312,14 @@ pub fn qdisc_waits(stamps: &[Stamp], from_ns: i64, to_ns: i64) -> (Vec<i64>, usi
     let (mut waits, mut left_out) = (Vec::new(), 0);
     for w in by_key.values() {
         match (w.sched.as_slice(), w.snd.as_slice()) {
-            ([sched], [snd]) if (from_ns..=to_ns).contains(sched) => waits.push(snd - sched),
+            ([sched], [snd]) if (from_ns..=to_ns).contains(sched) => {
+                waits.push((w.seq, snd - sched))
+            }
             ([sched], [_]) if !(from_ns..=to_ns).contains(sched) => {}
             _ => left_out += 1,
         }
     }
-    waits.sort_unstable();
+    waits.sort_unstable_by_key(|(_, wait)| *wait);
     (waits, left_out)
 }
 
@@ -262,7 +330,12 @@ mod tests {
     use std::net::TcpListener;
 
     fn stamp(key: u32, kind: Kind, t_ns: i64) -> Stamp {
-        Stamp { key, kind, t_ns }
+        Stamp {
+            key,
+            seq: key,
+            kind,
+            t_ns,
+        }
     }
 
     #[test]
@@ -284,7 +357,7 @@ mod tests {
             stamp(499, Kind::Snd, 50_007),
         ];
         let (waits, left_out) = qdisc_waits(&stamps, 0, 10_000);
-        assert_eq!(waits, vec![300, 500]);
+        assert_eq!(waits, vec![(199, 300), (99, 500)]);
         assert_eq!(left_out, 2);
     }
 
@@ -301,7 +374,8 @@ mod tests {
         let mut s = TcpStream::connect(addr).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stamps.jsonl");
-        let stamper = TxStamper::start(&s, &path).unwrap();
+        let base = write_seq(&s).unwrap();
+        let stamper = TxStamper::start(&s, base, &path).unwrap();
         let before = latplan_common::clock::monotonic_ns() as i64;
         for _ in 0..20 {
             s.write_all(&[7u8; 1000]).unwrap();
@@ -310,6 +384,9 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let after = latplan_common::clock::monotonic_ns() as i64;
         let written = stamper.stop().unwrap();
+        // Repair mode left the connection as it was: it moved every byte, and the next byte's
+        // sequence number is the first's plus the 20000 written.
+        assert_eq!(write_seq(&s).unwrap(), base.wrapping_add(20_000));
         drop(s);
         assert_eq!(reader.join().unwrap(), 20_000);
 
@@ -324,12 +401,21 @@ mod tests {
                 .collect();
             let want: Vec<u32> = (1..=20).map(|i| i * 1000 - 1).collect();
             assert_eq!(keys, want, "{kind:?} keys");
+            let seqs: Vec<u32> = stamps
+                .iter()
+                .filter(|s| s.kind == kind)
+                .map(|s| s.seq)
+                .collect();
+            let want: Vec<u32> = want.iter().map(|k| base.wrapping_add(*k)).collect();
+            assert_eq!(seqs, want, "{kind:?} sequence numbers");
         }
-        // On the monotonic timeline, inside the writes' time, and loopback has no qdisc.
+        // On the monotonic timeline, inside the writes' time, and loopback has no qdisc: the
+        // two stamps are apart only by the code between them (and, on a loaded virtual
+        // machine, whatever takes the vCPU meanwhile: one run saw more than a millisecond).
         let (waits, left_out) = qdisc_waits(&stamps, before, after);
         assert_eq!((waits.len(), left_out), (20, 0));
         assert!(
-            waits.iter().all(|w| (0..1_000_000).contains(w)),
+            waits.iter().all(|(_, w)| (0..50_000_000).contains(w)),
             "{waits:?}"
         );
     }

@@ -47,6 +47,12 @@ enum Cmd {
         /// entering the device layer, handed to the driver), one JSON line per stamp, to this file.
         #[arg(long)]
         tx_stamps: Option<std::path::PathBuf>,
+        /// Size the first write so that every write's last byte has a TCP sequence number that
+        /// is a multiple of N (a power of two dividing --write-size): with N the observer's
+        /// sample size, --tx-stamps stamps sampled bytes. Reads the stream's first sequence
+        /// number in TCP repair mode (CAP_NET_ADMIN).
+        #[arg(long, value_parser = parse_size)]
+        align_writes: Option<u64>,
     },
     /// Accepts one connection and reads it to the end.
     TcpRecv {
@@ -107,6 +113,7 @@ fn main() -> Result<()> {
             connect_timeout,
             queue_log,
             tx_stamps,
+            align_writes,
         } => traffic::tcp_send(&traffic::SendOpts {
             connect,
             write_size: write_size as usize,
@@ -118,6 +125,7 @@ fn main() -> Result<()> {
             connect_timeout,
             queue_log,
             tx_stamps,
+            align_writes,
         })?,
         Cmd::TcpRecv {
             listen,

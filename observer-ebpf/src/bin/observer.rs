@@ -770,7 +770,7 @@ mod programs {
         let ts = clock_ns();
         let skb: u64 = ctx.arg(0);
         let dev: u64 = ctx.arg(1);
-        let _ = try_skb_layer(Layer::DevXmit, skb, dev, ts, true);
+        let _ = try_skb_layer(Layer::DevXmit, skb, dev, ts);
         0
     }
 
@@ -791,7 +791,7 @@ mod programs {
     }
 
     #[inline(always)]
-    fn try_skb_layer(layer: Layer, skb: u64, dev: u64, ts: u64, tx: bool) -> Option<()> {
+    fn try_skb_layer(layer: Layer, skb: u64, dev: u64, ts: u64) -> Option<()> {
         let o = offsets()?;
         let ifindex: u32 = read_k(dev, o.dev_ifindex)?;
         if layer.is_interface_layer() {
@@ -813,17 +813,11 @@ mod programs {
         port_match(config()?, r.sport, r.dport).then_some(())?;
         only_if_sampled(&[layer], r.seq, r.len)?;
         let netns = dev_netns(dev, o)?;
-        let mut flags = 0;
-        if tx && r.len > 0 {
-            let sk: u64 = read_k(skb, o.skb_sk)?;
-            if sk != 0 {
-                let num: u16 = read_k(sk, o.sk_num)?;
-                let nxt: u32 = read_k(sk, o.tp_snd_nxt)?;
-                if num == r.sport && (r.seq.wrapping_sub(nxt) as i32) < 0 {
-                    flags = SAMPLE_FLAG_RETRANSMIT;
-                }
-            }
-        }
+        // No retransmit flag here: after a qdisc wait TCP has long advanced snd_nxt past the
+        // segment, so `seq < snd_nxt` would flag every queued segment (it did, behind a token
+        // bucket). The layers before the qdisc flag retransmissions, and a byte sent twice
+        // passes dev_xmit twice, which the analysis counts as well.
+        let flags = 0;
         let ifx = if layer.is_interface_layer() {
             ifindex
         } else {

@@ -153,9 +153,10 @@ impl Session {
     }
 
     /// The sender's writes' qdisc waits by the kernel's own transmit stamps (SND − SCHED,
-    /// lab-traffic `--tx-stamps`) while the report's flows from `src` to `dst` were observed,
-    /// sorted, and how many writes were left out as ambiguous or unpaired.
-    pub fn qdisc_waits(&self, f: &Flow, src: &str, dst: &str) -> (Vec<i64>, usize) {
+    /// lab-traffic `--tx-stamps`), by the sequence number of each write's last byte, while the
+    /// report's flows from `src` to `dst` were observed, sorted by wait; and how many writes
+    /// were left out as ambiguous or unpaired.
+    pub fn qdisc_waits(&self, f: &Flow, src: &str, dst: &str) -> (Vec<(u32, i64)>, usize) {
         assert!(f.stamp_tx, "the flow to {} was not stamped", f.to);
         let (from, to) = self.flow_span(src, dst);
         let path = tx_stamp_log(&self.dir, f);

@@ -410,7 +410,7 @@ fn a_slow_reader_leaves_bytes_waiting_in_its_receive_queue() {
 /// least 80 % of the stamped writes must have a value; the median difference must lie within
 /// ± 50 µs, and at least half of the bytes within ± 50 µs: in a quarter of the writes the
 /// kernel's stamps describe the super-packet after the one carrying the write's last byte
-/// (docs/analysis.md), which no choice of ours can line up.
+/// (docs/analysis.md: most likely tcp_grow_skb()), which no choice of ours can line up.
 fn qdisc_bytes_match_the_kernels_stamps(
     checks: &mut Checks,
     lab: &Lab,

@@ -90,7 +90,6 @@ pub struct KernelOffsets {
     /// `sk_buff.transport_header` (u16, offset from head).
     pub skb_transport_header: u32,
     pub skb_dev: u32,
-    pub skb_sk: u32,
     pub dev_ifindex: u32,
     /// `net_device.nd_net` (a `possible_net_t` whose first field is the `struct net *`).
     pub dev_nd_net: u32,
@@ -120,7 +119,7 @@ pub struct KernelOffsets {
     pub skb_tcp_end_seq: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 100);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
 
 /// Global settings of one observer run (one entry of an array map next to [`SamplingConfig`]).
 #[repr(C)]

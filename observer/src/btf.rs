@@ -208,7 +208,6 @@ impl Btf {
             skb_network_header: skb("network_header")?,
             skb_transport_header: skb("transport_header")?,
             skb_dev: skb("dev")?,
-            skb_sk: skb("sk")?,
             dev_ifindex: self.offset_of("net_device", "ifindex")?,
             dev_nd_net: self.offset_of("net_device", "nd_net.net")?,
             net_inum: self.offset_of("net", "ns.inum")?,

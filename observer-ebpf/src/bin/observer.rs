@@ -150,10 +150,7 @@ mod programs {
     /// counted as seen at `layers` before its namespace is known.
     #[inline(always)]
     fn only_if_sampled(layers: &[Layer], seq: u32, len: u32) -> Option<()> {
-        let cfg = config()?;
-        let mask = cfg.sample_mask;
-        let first = seq.wrapping_add(mask) & !mask;
-        if len > 0 && first.wrapping_sub(seq) < len {
+        if first_point(config()?.sample_mask, seq, len).is_some() {
             return Some(());
         }
         for layer in layers {
@@ -164,7 +161,17 @@ mod programs {
         None
     }
 
+    /// The first sample point in `[seq, seq+len)` (mod 2^32) and its offset from `seq`, if the
+    /// range holds one.
+    #[inline(always)]
+    fn first_point(mask: u32, seq: u32, len: u32) -> Option<(u32, u32)> {
+        let first = seq.wrapping_add(mask) & !mask;
+        let off = first.wrapping_sub(seq);
+        (off < len).then_some((first, off))
+    }
+
     /// Emits one record per sample point in `r` (at most MAX_POINTS_PER_RUN), counting as it goes.
+    /// Every caller has applied the port filter already (it decides what counts as seen).
     ///
     /// The points are emitted by `bpf_loop` with `emit_point` as its body, so the verifier checks
     /// the body once instead of once per possible iteration: with the loop written out, the
@@ -174,22 +181,13 @@ mod programs {
     fn emit_range(layer: Layer, r: &Range, ts: u64, ifindex: u32, netns: u32, flags: u8) {
         let Some(cfg) = config() else { return };
         let Some(g) = globals() else { return };
-        if !port_match(cfg, r.sport, r.dport) {
-            return;
-        }
         let Some(c) = counters(layer) else { return };
         c.seen += 1;
-        if r.len == 0 {
-            return;
-        }
-        let mask = cfg.sample_mask;
         let shift = g.sample_shift & 63;
-        // First sample point at or after seq (mod 2^32), then every 2^shift bytes.
-        let first = r.seq.wrapping_add(mask) & !mask;
-        let off = first.wrapping_sub(r.seq);
-        if off >= r.len {
+        // The first sample point in the range, then every 2^shift bytes.
+        let Some((first, off)) = first_point(cfg.sample_mask, r.seq, r.len) else {
             return;
-        }
+        };
         let total = (((r.len - 1 - off) as u64) >> shift) + 1;
         c.sampled += total;
         let n = if total > MAX_POINTS_PER_RUN as u64 {

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use timesync::ebpf::XdpAttach;
 use timesync::fit::FitConfig;
-use timesync::probe::{IngressHook, ProbeOptions};
+use timesync::probe::{IngressHook, ProbeOptions, Warmup};
 use timesync::reflect::ReflectOptions;
 use timesync::summary::{Truth, summarize};
 use timesync::wire;
@@ -85,6 +85,13 @@ enum Cmd {
         /// Seconds between fits.
         #[arg(long, default_value_t = 0.5)]
         fit_interval: f64,
+        /// Seconds between fits during a domain's warm-up (from its first reply, --warmup long),
+        /// so a session waiting for its clocks starts as soon as they are good enough.
+        #[arg(long, default_value_t = 0.1)]
+        warmup_fit_interval: f64,
+        /// Seconds of warm-up after a domain's first reply (0: none).
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
         /// Seconds after which an unanswered probe counts as lost.
         #[arg(long, default_value_t = 1.0)]
         loss_timeout: f64,
@@ -165,6 +172,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ingress,
             window,
             fit_interval,
+            warmup_fit_interval,
+            warmup,
             loss_timeout,
             unreachable_after,
         } => {
@@ -195,6 +204,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ingress,
                 fit,
                 fit_interval,
+                warmup: Warmup {
+                    interval: secs(warmup_fit_interval, "--warmup-fit-interval")?,
+                    length: if warmup.is_finite() && warmup >= 0.0 {
+                        Duration::from_secs_f64(warmup)
+                    } else {
+                        bail!("--warmup must be 0 or a positive number of seconds, not {warmup}")
+                    },
+                },
                 loss_timeout: secs(loss_timeout, "--loss-timeout")?,
                 unreachable_after: secs(unreachable_after, "--unreachable-after")?,
             })

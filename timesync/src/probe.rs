@@ -44,8 +44,32 @@ pub struct ProbeOptions {
     pub ingress: IngressHook,
     pub fit: FitConfig,
     pub fit_interval: Duration,
+    /// Fits come every `interval` instead of every `fit_interval` for `length` after a domain's
+    /// first reply, so the first fit within a bound is found as soon as the exchanges allow it.
+    pub warmup: Warmup,
     pub loss_timeout: Duration,
     pub unreachable_after: Duration,
+}
+
+/// The faster fits of a domain's first moments (ProbeOptions::warmup).
+#[derive(Debug, Clone, Copy)]
+pub struct Warmup {
+    pub interval: Duration,
+    pub length: Duration,
+}
+
+impl Warmup {
+    /// Time to a domain's next fit: the warm-up's interval during `length` after its first
+    /// reply, the regular one before any reply and after the warm-up. Only how often the
+    /// estimator is asked changes: the probes, and so the exchanges each fit sees, are the same.
+    pub fn next_fit_in_ns(&self, first_reply_ns: Option<u64>, now: u64, regular: Duration) -> u64 {
+        let warming = first_reply_ns.is_some_and(|t| now < t + self.length.as_nanos() as u64);
+        if warming {
+            self.interval.as_nanos() as u64
+        } else {
+            regular.as_nanos() as u64
+        }
+    }
 }
 
 struct Domain {
@@ -54,6 +78,9 @@ struct Domain {
     est: Estimator,
     status: DomainStatus,
     next_send_ns: u64,
+    /// When this domain is fitted (and checked for silence) next.
+    next_fit_ns: u64,
+    first_reply_ns: Option<u64>,
     last_reply_ns: Option<u64>,
     /// (when, replied?) over the fit window, for the recent loss ratio.
     outcomes: VecDeque<(u64, bool)>,
@@ -71,6 +98,12 @@ impl Domain {
         }
         let lost = self.outcomes.iter().filter(|(_, r)| !r).count();
         self.status.recent_loss = lost as f64 / self.outcomes.len().max(1) as f64;
+    }
+
+    /// Time to the next fit ([`Warmup::next_fit_in_ns`]).
+    fn fit_interval_ns(&self, now: u64, opts: &ProbeOptions) -> u64 {
+        opts.warmup
+            .next_fit_in_ns(self.first_reply_ns, now, opts.fit_interval)
     }
 
     fn status_at(&self, now: u64) -> DomainStatus {
@@ -255,6 +288,8 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
             },
             // Spread the domains' probes over the interval rather than sending them in bursts.
             next_send_ns: start + interval_ns * i as u64 / opts.targets.len() as u64,
+            next_fit_ns: start + opts.fit_interval.as_nanos() as u64,
+            first_reply_ns: None,
             last_reply_ns: None,
             outcomes: VecDeque::new(),
         })
@@ -279,7 +314,6 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
     let loss_timeout = opts.loss_timeout.as_nanos() as u64;
     let mut matcher = Matcher::new(loss_timeout);
     let mut foreign = 0u64;
-    let mut next_fit = start + opts.fit_interval.as_nanos() as u64;
     let end = opts.duration.map(|d| start + d.as_nanos() as u64);
     let unreachable_after = opts.unreachable_after.as_nanos() as u64;
     let mut buf = [0u8; 512];
@@ -316,70 +350,67 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
             let _ = hooks.tx.remove(&id);
         }
 
-        // Fit and report.
-        if now >= next_fit {
-            next_fit = now + opts.fit_interval.as_nanos() as u64;
-            for d in domains.iter_mut() {
-                let silent_for = now.saturating_sub(d.last_reply_ns.unwrap_or(start));
-                if silent_for >= unreachable_after {
-                    if d.status.state != State::Unreachable {
-                        d.status.state = State::Unreachable;
-                        let error = match d.last_reply_ns {
-                            None => format!(
-                                "no reply from domain {} ({}:{}) within {:.1} s: {} probes sent, none answered; \
+        // Fit and report, each domain when it is due.
+        for d in domains.iter_mut().filter(|d| now >= d.next_fit_ns) {
+            d.next_fit_ns = now + d.fit_interval_ns(now, opts);
+            let silent_for = now.saturating_sub(d.last_reply_ns.unwrap_or(start));
+            if silent_for >= unreachable_after {
+                if d.status.state != State::Unreachable {
+                    d.status.state = State::Unreachable;
+                    let error = match d.last_reply_ns {
+                        None => format!(
+                            "no reply from domain {} ({}:{}) within {:.1} s: {} probes sent, none answered; \
                                  is `timesync reflect` running there with this token?",
-                                d.name,
-                                d.addr,
-                                opts.port,
-                                silent_for as f64 / 1e9,
-                                d.status.sent
-                            ),
-                            Some(_) => format!(
-                                "domain {} ({}:{}) stopped answering: no reply for {:.1} s",
-                                d.name,
-                                d.addr,
-                                opts.port,
-                                silent_for as f64 / 1e9
-                            ),
-                        };
-                        let line = Line::Error(ErrorLine {
-                            domain: d.name.clone(),
-                            emitted_ns: now,
-                            address: d.addr.to_string(),
-                            error,
-                            status: d.status_at(now),
-                        });
-                        if output::emit(&line).is_err() {
-                            break 'run;
-                        }
+                            d.name,
+                            d.addr,
+                            opts.port,
+                            silent_for as f64 / 1e9,
+                            d.status.sent
+                        ),
+                        Some(_) => format!(
+                            "domain {} ({}:{}) stopped answering: no reply for {:.1} s",
+                            d.name,
+                            d.addr,
+                            opts.port,
+                            silent_for as f64 / 1e9
+                        ),
+                    };
+                    let line = Line::Error(ErrorLine {
+                        domain: d.name.clone(),
+                        emitted_ns: now,
+                        address: d.addr.to_string(),
+                        error,
+                        status: d.status_at(now),
+                    });
+                    if output::emit(&line).is_err() {
+                        break 'run;
                     }
-                    continue;
                 }
-                match d.est.fit(&d.name) {
-                    Some(fit) => {
-                        d.status.state = State::Ok;
-                        let line = Line::Fit(FitLine {
-                            fit: fit.clock,
-                            emitted_ns: now,
-                            detail: fit.detail,
-                            status: d.status_at(now),
-                        });
-                        if output::emit(&line).is_err() {
-                            break 'run;
-                        }
+                continue;
+            }
+            match d.est.fit(&d.name) {
+                Some(fit) => {
+                    d.status.state = State::Ok;
+                    let line = Line::Fit(FitLine {
+                        fit: fit.clock,
+                        emitted_ns: now,
+                        detail: fit.detail,
+                        status: d.status_at(now),
+                    });
+                    if output::emit(&line).is_err() {
+                        break 'run;
                     }
-                    None => d.status.state = State::Starting,
                 }
+                None => d.status.state = State::Starting,
             }
         }
 
         // Wait for replies until the next thing is due.
         let due = domains
             .iter()
-            .map(|d| d.next_send_ns)
+            .map(|d| d.next_send_ns.min(d.next_fit_ns))
             .min()
-            .unwrap_or(now)
-            .min(next_fit);
+            .unwrap_or(now);
         let wait = due
             .saturating_sub(ebpf::monotonic_ns())
             .clamp(50_000, 100_000_000);
@@ -429,6 +460,12 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
             }
         };
         let d = &mut domains[di];
+        if d.first_reply_ns.is_none() {
+            d.first_reply_ns = Some(now);
+            d.next_fit_ns = d
+                .next_fit_ns
+                .min(now + opts.warmup.interval.as_nanos() as u64);
+        }
         let t1 = hooks.tx.get(&id, 0).ok();
         let t4 = hooks.rx.get(&id, 0).ok();
         let _ = hooks.tx.remove(&id);
@@ -462,4 +499,42 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
         foreign,
     }));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fits_come_faster_only_during_the_warm_up_after_the_first_reply() {
+        let w = Warmup {
+            interval: Duration::from_millis(100),
+            length: Duration::from_secs(2),
+        };
+        let regular = Duration::from_millis(500);
+        let s = 1_000_000_000;
+        assert_eq!(
+            w.next_fit_in_ns(None, 5 * s, regular),
+            500_000_000,
+            "no reply yet"
+        );
+        assert_eq!(w.next_fit_in_ns(Some(5 * s), 5 * s, regular), 100_000_000);
+        assert_eq!(
+            w.next_fit_in_ns(Some(5 * s), 7 * s - 1, regular),
+            100_000_000
+        );
+        assert_eq!(
+            w.next_fit_in_ns(Some(5 * s), 7 * s, regular),
+            500_000_000,
+            "warm-up over"
+        );
+        let none = Warmup {
+            length: Duration::ZERO,
+            ..w
+        };
+        assert_eq!(
+            none.next_fit_in_ns(Some(5 * s), 5 * s, regular),
+            500_000_000
+        );
+    }
 }

@@ -18,7 +18,9 @@ use super::interrupt::Interrupts;
 use super::inventory::load;
 use super::{Command, ConnectArgs, Global, Outcome, print_out};
 use crate::collector::{Collector, CollectorConfig};
-use crate::executor::clocks::{Prober, Reflector, start_reflector};
+use crate::executor::clocks::{
+    Prober, Reflector, manager_source_for, start_reflector, stop_reflectors,
+};
 use crate::executor::converge::converge;
 use crate::executor::observe::{self, ObserverEnd};
 use crate::executor::observe_redis::{self, RedisObservers};
@@ -357,18 +359,23 @@ async fn run_session(
         port,
     )?;
     let bound_ns = inv.session.timesync.sync_bound_us as f64 * 1e3;
-    let mut reflectors: Vec<Reflector> = Vec::new();
+    // The manager's address toward each domain, looked up before the gate runs, so that the
+    // gate's first step is asking the hosts for their reflectors.
+    let managers = join_all(domains.iter().map(|d| manager_source_for(&d.address))).await;
     let clock_gate = async {
+        let mut reflectors: Vec<Reflector> = Vec::new();
         let t0 = Instant::now();
         eprintln!("starting {} timesync reflector(s)…", domains.len());
-        let starts = domains.iter().map(|d| {
+        let starts = domains.iter().zip(&managers).map(|(d, manager)| {
             let host = &inv.hosts[&d.reflector];
             let t = pool.connected[&d.reflector].clone();
             let token = token.clone();
             async move {
+                let manager = manager.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
                 start_reflector(
                     t.as_ref(),
                     d,
+                    manager,
                     &Layout::of(host),
                     &token,
                     port,
@@ -385,6 +392,11 @@ async fn run_session(
             }
         }
         let names: Vec<String> = reflectors.iter().map(|r| r.domain.clone()).collect();
+        eprintln!(
+            "{} timesync reflector(s) answering in {:.1} s",
+            names.len(),
+            t0.elapsed().as_secs_f64()
+        );
         let unsynced = prober
             .wait_synced(&names, bound_ns, args.sync_timeout)
             .await;
@@ -402,7 +414,7 @@ async fn run_session(
             let dom = domains.iter().find(|x| x.name == d).expect("known domain");
             (dom.clone(), format!("clock domain {d} not synced: {why}"))
         }));
-        failed
+        (reflectors, failed)
     };
 
     let collector = Arc::new(Collector::start(
@@ -410,12 +422,16 @@ async fn run_session(
         session_id,
         CollectorConfig::default(),
     ));
-    // On the SSH bus the observers start on every host together with the gate; the Redis
-    // bus's daemons start once it has passed.
+    // On the SSH bus the observers start on every host together with the gate, and the
+    // reflectors stop with them; the Redis bus's daemons start once it has passed, and its
+    // reflectors stop after its observers.
+    let mut reflectors = Vec::new();
     let clock_gate = if inv.session.bus == "ssh" {
         Some(clock_gate)
     } else {
-        for (dom, why) in clock_gate.await {
+        let (started, failed) = clock_gate.await;
+        reflectors = started;
+        for (dom, why) in failed {
             fail_domain(recap, &dom, &why);
         }
         None
@@ -449,7 +465,7 @@ async fn run_session(
     // `latplan stop` is how a detached session ends normally.
     let interrupted = interrupted && !args.detached_child;
     let clocks_stop = Instant::now();
-    let (sync, prober_err) = prober.stop().await;
+    let ((sync, prober_err), ()) = tokio::join!(prober.stop(), stop_reflectors(reflectors));
     if !prober_err.trim().is_empty() {
         eprintln!(
             "timesync prober: {}",
@@ -457,12 +473,6 @@ async fn run_session(
         );
     }
     store.insert_clock_fits(session_id, &sync.fits).await?;
-    join_all(
-        reflectors
-            .into_iter()
-            .map(|r| r.stop(Duration::from_secs(5))),
-    )
-    .await;
     eprintln!(
         "timesync stopped in {:.1} s",
         clocks_stop.elapsed().as_secs_f64()
@@ -509,7 +519,7 @@ struct Observing<'a> {
 /// the observers of hosts in a domain it fails are stopped and those hosts failed.
 async fn observe_over_ssh(
     ctx: Observing<'_>,
-    clock_gate: impl std::future::Future<Output = Vec<(session::Domain, String)>>,
+    clock_gate: impl std::future::Future<Output = (Vec<Reflector>, Vec<(session::Domain, String)>)>,
     recap: &mut Recap,
 ) -> anyhow::Result<bool> {
     let Observing {
@@ -542,20 +552,22 @@ async fn observe_over_ssh(
             (stop, r)
         }
     });
-    let mut started = Vec::new();
-    for (name, (stop, r)) in observed.iter().zip(join_all(starts).await) {
-        match r {
-            Ok(s) => started.push((name.clone(), stop, s)),
-            Err(e) => recap.set(
-                name,
-                HostOutcome::Failed(format!("failed to start the observer: {e:#}")),
-            ),
+    let attaching = async {
+        let mut started = Vec::new();
+        for (name, (stop, r)) in observed.iter().zip(join_all(starts).await) {
+            match r {
+                Ok(s) => started.push((name.clone(), stop, s)),
+                Err(e) => recap.set(
+                    name,
+                    HostOutcome::Failed(format!("failed to start the observer: {e:#}")),
+                ),
+            }
         }
-    }
-    let (attached, failed_domains) = tokio::join!(
-        attach::wait_for_attach(started, args.attach_timeout, recap),
-        clock_gate
-    );
+        attach::wait_for_attach(started, args.attach_timeout, recap).await
+    };
+    // The gate first: its reflectors are asked for before the observers, whose program loads
+    // take the hosts' CPU for longer; the reflectors' half second of probes then overlaps them.
+    let ((reflectors, failed_domains), attached) = tokio::join!(clock_gate, attaching);
     let attach::Attached {
         running: observers,
         given_up,
@@ -590,9 +602,12 @@ async fn observe_over_ssh(
     for stop in &stops {
         let _ = stop.send(true);
     }
-    let (ends, ()) = tokio::join!(
+    // The reflectors stop beside them: the last fits (each valid a second past its newest
+    // exchange, docs/timesync.md) cover what the observers record while they detach.
+    let (ends, (), ()) = tokio::join!(
         join_all(running.into_iter().map(|(_, h)| h)),
         attach::release(given_up, Duration::from_secs(10)),
+        stop_reflectors(reflectors),
     );
     eprintln!(
         "observers detached and flushed in {:.1} s",

@@ -33,6 +33,16 @@ impl Reflector {
     }
 }
 
+/// Stops reflectors, all at once.
+pub async fn stop_reflectors(reflectors: Vec<Reflector>) {
+    futures::future::join_all(
+        reflectors
+            .into_iter()
+            .map(|r| r.stop(Duration::from_secs(5))),
+    )
+    .await;
+}
+
 /// The address the manager uses towards `addr` (its source address on that route).
 pub async fn manager_source_for(addr: &str) -> anyhow::Result<String> {
     let out = Command::new("ip")
@@ -45,25 +55,6 @@ pub async fn manager_source_for(addr: &str) -> anyhow::Result<String> {
         .with_context(|| format!("the manager has no route to {addr}: {}", text.trim()))
 }
 
-/// The interface a host reaches the manager through (where probes arrive).
-pub async fn host_interface_towards(t: &dyn Transport, manager: &str) -> anyhow::Result<String> {
-    let out = t
-        .exec(Cmd::new(format!(
-            "ip -o route get {}",
-            crate::transport::shell::quote(manager)
-        )))
-        .await?;
-    let text = out.stdout_str();
-    word_after(&text, "dev").with_context(|| {
-        format!(
-            "{}: no route back to the manager ({manager}): {} {}",
-            t.host(),
-            text.trim(),
-            out.stderr_str()
-        )
-    })
-}
-
 fn word_after(text: &str, key: &str) -> Option<String> {
     let mut words = text.split_whitespace();
     while let Some(w) = words.next() {
@@ -74,30 +65,30 @@ fn word_after(text: &str, key: &str) -> Option<String> {
     None
 }
 
-/// Starts the reflector of one domain and waits for its `ready` line.
+/// Starts the reflector of one domain and waits for its `ready` line. `manager` is the
+/// manager's address toward the domain ([`manager_source_for`]).
 pub async fn start_reflector(
     t: &dyn Transport,
     domain: &Domain,
+    manager: &str,
     layout: &Layout,
     token: &str,
     port: u16,
     become_root: bool,
 ) -> anyhow::Result<Reflector> {
-    let manager = manager_source_for(&domain.address).await?;
-    let interface = host_interface_towards(t, &manager).await?;
-    let cmd = Cmd::new(layout.reflector_command(&interface, token, port)).become_root(become_root);
+    let cmd = Cmd::new(layout.reflector_command(manager, token, port)).become_root(become_root);
     let mut spawned = t.spawn(cmd).await?;
     let mut lines = BufReader::new(&mut spawned.stdout).lines();
     let ready = tokio::time::timeout(Duration::from_secs(15), async {
         while let Some(l) = lines.next_line().await? {
-            if l.contains("\"ready\"") {
-                return Ok::<bool, std::io::Error>(true);
+            if let Some(interface) = ready_interface(&l) {
+                return Ok::<Option<String>, std::io::Error>(Some(interface));
             }
         }
-        Ok(false)
+        Ok(None)
     })
     .await;
-    if !matches!(ready, Ok(Ok(true))) {
+    let Ok(Ok(Some(interface))) = ready else {
         let mut err = String::new();
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
@@ -105,17 +96,24 @@ pub async fn start_reflector(
         )
         .await;
         bail!(
-            "{}: the timesync reflector on {interface} did not start: {}",
+            "{}: the timesync reflector did not start: {}",
             t.host(),
             last_lines(&err, 5)
         );
-    }
+    };
     Ok(Reflector {
         domain: domain.name.clone(),
         host: t.host().to_string(),
         interface,
         spawned,
     })
+}
+
+/// The interface of a reflector's `ready` line (docs/timesync.md); `None` for any other line.
+fn ready_interface(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    (v.get("type")?.as_str()? == "ready").then_some(())?;
+    Some(v.get("interface")?.as_str()?.to_string())
 }
 
 /// The last `n` non-empty lines of a process's stderr, for error messages.
@@ -314,6 +312,14 @@ mod tests {
         assert_eq!(s.latest["vm1"].offset_ns, 12.5);
         assert!(s.errors.is_empty(), "a fit clears the domain's error");
         assert_eq!(s.fits.len(), 1);
+    }
+
+    #[test]
+    fn the_ready_line_names_the_interface() {
+        let l = r#"{"type":"ready","interface":"mgmt0","addresses":["10.77.0.11"],"mode":"native","port":31999}"#;
+        assert_eq!(ready_interface(l).as_deref(), Some("mgmt0"));
+        assert_eq!(ready_interface(r#"{"type":"fit","interface":"x"}"#), None);
+        assert_eq!(ready_interface("ready"), None);
     }
 
     #[test]

@@ -80,11 +80,16 @@ impl Layout {
 
     /// Runs the reflector while the manager holds this command's stdin open: end of input (the
     /// session ended, or the manager is gone and SSH closed the channel) stops it. Its XDP link is
-    /// owned by the process, so a killed reflector leaves nothing attached.
-    pub fn reflector_command(&self, interface: &str, token: &str, port: u16) -> String {
+    /// owned by the process, so a killed reflector leaves nothing attached. It answers on the
+    /// interface the host routes `manager` (the manager's address toward it) through, found in the
+    /// same command: one round trip per reflector.
+    pub fn reflector_command(&self, manager: &str, token: &str, port: u16) -> String {
         format!(
             "mkdir -p {run}\n\
-             {bin} reflect --interface {iface} --token {token} --port {port} </dev/null &\n\
+             r=$(ip -o route get {manager} 2>&1) || r=\"$r (exit $?)\"\n\
+             case \"$r\" in *' dev '*) ;; *) echo \"no route back to the manager ({manager}): $r\" >&2; exit 1;; esac\n\
+             iface=${{r#* dev }}; iface=${{iface%% *}}\n\
+             {bin} reflect --interface \"$iface\" --token {token} --port {port} </dev/null &\n\
              p=$!\n\
              echo $p > {pid}\n\
              cat >/dev/null\n\
@@ -93,7 +98,7 @@ impl Layout {
              rm -f {pid}",
             run = quote_path(&self.run_dir()),
             bin = quote_path(&self.bin("timesync")),
-            iface = quote(interface),
+            manager = quote(manager),
             token = quote(token),
             pid = quote_path(&self.pid_file("timesync")),
         )
@@ -264,6 +269,73 @@ mod tests {
         let t = new_token();
         assert_eq!(t.len(), 16);
         assert!(t.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    /// The reflector's command, run by `sh` with stand-ins for `ip` and the timesync binary:
+    /// it answers on the interface of the route back to the manager, and names the route's
+    /// failure when there is none.
+    #[test]
+    fn the_reflector_answers_on_the_interface_of_the_route_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout {
+            install_dir: dir.path().join("inst x"),
+        };
+        // Written by a child process: a script this process held open for writing could be
+        // inherited by another test's fork and then fail to execute (ETXTBSY).
+        let write = |path: &Path, body: &str| {
+            let mut c = std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    r#"mkdir -p "$(dirname "$1")" && cat > "$1" && chmod 755 "$1""#,
+                ])
+                .args(["sh", &path.to_string_lossy()])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut c.stdin.take().unwrap(), body.as_bytes()).unwrap();
+            assert!(c.wait().unwrap().success());
+        };
+        let fake = dir.path().join("fakebin");
+        write(
+            &fake.join("ip"),
+            "#!/bin/sh\ncase \"$*\" in *10.9.9.9*) echo 'RTNETLINK answers: Network is unreachable'; exit 2;; esac\n\
+             echo \"$4 via 10.0.0.254 dev eth7 src 10.0.0.2 uid 0\"\n",
+        );
+        write(&l.bin("timesync"), "#!/bin/sh\necho \"$@\"\n");
+        let start = |manager: &str| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(l.reflector_command(manager, "ab12", 31999))
+                .env("PATH", format!("{}:/usr/bin:/bin", fake.display()))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        // Like the manager: the first line, then end of input stops it.
+        let mut ok = start("10.0.0.1");
+        let mut first = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(ok.stdout.take().unwrap()),
+            &mut first,
+        )
+        .unwrap();
+        drop(ok.stdin.take());
+        assert!(ok.wait().unwrap().success());
+        assert_eq!(
+            first.trim(),
+            "reflect --interface eth7 --token ab12 --port 31999"
+        );
+        let bad = start("10.9.9.9").wait_with_output().unwrap();
+        assert!(!bad.status.success());
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(
+            err.contains(
+                "no route back to the manager (10.9.9.9): RTNETLINK answers: Network is unreachable"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

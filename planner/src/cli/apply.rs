@@ -602,7 +602,8 @@ async fn observe_over_ssh(
     for stop in &stops {
         let _ = stop.send(true);
     }
-    // The reflectors stop beside them: the last fits (each valid a second past its newest
+    prober.request_stop();
+    // The reflectors (and the prober, above) stop beside them: the last fits (each valid a second past its newest
     // exchange, docs/timesync.md) cover what the observers record while they detach.
     let (ends, (), ()) = tokio::join!(
         join_all(running.into_iter().map(|(_, h)| h)),

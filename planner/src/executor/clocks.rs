@@ -240,12 +240,19 @@ impl Prober {
             .collect()
     }
 
-    /// Stops the prober (SIGTERM, so it prints its last line) and returns what it found.
-    pub async fn stop(mut self) -> (SyncState, String) {
+    /// Asks the prober to end (SIGTERM, so it prints its last line) without waiting: when the
+    /// reflectors stop it has no more exchanges to fit. [`Prober::stop`] collects what it found.
+    pub fn request_stop(&self) {
         if let Some(pid) = self.child.id() {
-            // SAFETY: signalling a child process we started and have not reaped yet.
+            // SAFETY: signalling a child process we started and have not reaped yet (a zombie
+            // keeps its PID until `stop` waits for it, so the signal cannot reach another process).
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
         }
+    }
+
+    /// Stops the prober (SIGTERM, so it prints its last line) and returns what it found.
+    pub async fn stop(mut self) -> (SyncState, String) {
+        self.request_stop();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
         let _ = self.child.start_kill();
         let err = tokio::time::timeout(Duration::from_secs(5), self.reader)

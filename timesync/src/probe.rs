@@ -100,12 +100,6 @@ impl Domain {
         self.status.recent_loss = lost as f64 / self.outcomes.len().max(1) as f64;
     }
 
-    /// Time to the next fit ([`Warmup::next_fit_in_ns`]).
-    fn fit_interval_ns(&self, now: u64, opts: &ProbeOptions) -> u64 {
-        opts.warmup
-            .next_fit_in_ns(self.first_reply_ns, now, opts.fit_interval)
-    }
-
     fn status_at(&self, now: u64) -> DomainStatus {
         let mut s = self.status.clone();
         s.last_reply_age_s = self
@@ -352,7 +346,10 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
 
         // Fit and report, each domain when it is due.
         for d in domains.iter_mut().filter(|d| now >= d.next_fit_ns) {
-            d.next_fit_ns = now + d.fit_interval_ns(now, opts);
+            d.next_fit_ns = now
+                + opts
+                    .warmup
+                    .next_fit_in_ns(d.first_reply_ns, now, opts.fit_interval);
             let silent_for = now.saturating_sub(d.last_reply_ns.unwrap_or(start));
             if silent_for >= unreachable_after {
                 if d.status.state != State::Unreachable {

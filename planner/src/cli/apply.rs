@@ -603,8 +603,9 @@ async fn observe_over_ssh(
         let _ = stop.send(true);
     }
     prober.request_stop();
-    // The reflectors (and the prober, above) stop beside them: the last fits (each valid a second past its newest
-    // exchange, docs/timesync.md) cover what the observers record while they detach.
+    // The reflectors (and the prober, above) stop beside them: the last fits (each valid a
+    // second past its newest exchange, docs/timesync.md) cover what the observers record while
+    // they detach.
     let (ends, (), ()) = tokio::join!(
         join_all(running.into_iter().map(|(_, h)| h)),
         attach::release(given_up, Duration::from_secs(10)),

@@ -19,8 +19,6 @@ use crate::transport::{Cmd, Spawned, Transport};
 /// A reflector running on a domain's host; dropping `stdin` stops it.
 pub struct Reflector {
     pub domain: String,
-    pub host: String,
-    pub interface: String,
     spawned: Spawned,
 }
 
@@ -81,14 +79,14 @@ pub async fn start_reflector(
     let mut lines = BufReader::new(&mut spawned.stdout).lines();
     let ready = tokio::time::timeout(Duration::from_secs(15), async {
         while let Some(l) = lines.next_line().await? {
-            if let Some(interface) = ready_interface(&l) {
-                return Ok::<Option<String>, std::io::Error>(Some(interface));
+            if l.contains("\"ready\"") {
+                return Ok::<bool, std::io::Error>(true);
             }
         }
-        Ok(None)
+        Ok(false)
     })
     .await;
-    let Ok(Ok(Some(interface))) = ready else {
+    if !matches!(ready, Ok(Ok(true))) {
         let mut err = String::new();
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
@@ -100,20 +98,11 @@ pub async fn start_reflector(
             t.host(),
             last_lines(&err, 5)
         );
-    };
+    }
     Ok(Reflector {
         domain: domain.name.clone(),
-        host: t.host().to_string(),
-        interface,
         spawned,
     })
-}
-
-/// The interface of a reflector's `ready` line (docs/timesync.md); `None` for any other line.
-fn ready_interface(line: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    (v.get("type")?.as_str()? == "ready").then_some(())?;
-    Some(v.get("interface")?.as_str()?.to_string())
 }
 
 /// The last `n` non-empty lines of a process's stderr, for error messages.
@@ -319,14 +308,6 @@ mod tests {
         assert_eq!(s.latest["vm1"].offset_ns, 12.5);
         assert!(s.errors.is_empty(), "a fit clears the domain's error");
         assert_eq!(s.fits.len(), 1);
-    }
-
-    #[test]
-    fn the_ready_line_names_the_interface() {
-        let l = r#"{"type":"ready","interface":"mgmt0","addresses":["10.77.0.11"],"mode":"native","port":31999}"#;
-        assert_eq!(ready_interface(l).as_deref(), Some("mgmt0"));
-        assert_eq!(ready_interface(r#"{"type":"fit","interface":"x"}"#), None);
-        assert_eq!(ready_interface("ready"), None);
     }
 
     #[test]

@@ -76,9 +76,11 @@ const _: () = assert!(core::mem::size_of::<SamplingConfig>() == 48);
 /// Byte offsets of the kernel struct fields the observer's tracing programs read, resolved by
 /// user space from the running kernel's BTF (`/sys/kernel/btf/vmlinux`) at load time.
 ///
-/// Rust eBPF has no CO-RE relocations, so these are passed in (one entry of an array map) instead
-/// of being compiled in from one kernel's headers. Each field is the offset from the start of the
-/// named struct; `u16` header offsets of `sk_buff` are offsets from `sk_buff.head`.
+/// Rust eBPF has no CO-RE relocations, so these are passed in instead of being compiled in from
+/// one kernel's headers: written into the kernel object's read-only data before load, where the
+/// verifier sees them as constants (docs/observer.md, "Kernel struct offsets"). Each field is
+/// the offset from the start of the named struct; `u16` header offsets of `sk_buff` are offsets
+/// from `sk_buff.head`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct KernelOffsets {
@@ -152,6 +154,26 @@ const _: () = assert!(core::mem::size_of::<IfaceCounters>() == 32);
 
 /// Maximum number of interfaces one observer attaches to.
 pub const MAX_IFACES: u32 = 64;
+
+/// The interfaces one observer watches, by ifindex in slot order (a slot indexes the interface
+/// counters). Kept in the kernel object's read-only data like [`KernelOffsets`]: the interface
+/// programs and dev_xmit look an interface up on every packet, and a short scan of constants is
+/// cheaper than a hash map lookup there.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchedInterfaces {
+    pub count: u32,
+    pub ifindex: [u32; MAX_IFACES as usize],
+}
+
+impl WatchedInterfaces {
+    pub const NONE: Self = Self {
+        count: 0,
+        ifindex: [0; MAX_IFACES as usize],
+    };
+}
+
+const _: () = assert!(core::mem::size_of::<WatchedInterfaces>() == 4 + 4 * MAX_IFACES as usize);
 /// Maximum number of sample points one program run emits for one packet or call; more are
 /// counted and flagged [`SAMPLE_FLAG_TRUNCATED`].
 pub const MAX_POINTS_PER_RUN: u32 = 32;

@@ -40,6 +40,8 @@ struct Type {
 pub struct Btf {
     types: Vec<Type>,
     strings: Vec<u8>,
+    /// The same BTF as aya reads it: loading a `tp_btf` program names its tracepoint's BTF id.
+    kernel: aya::Btf,
 }
 
 impl Btf {
@@ -117,7 +119,13 @@ impl Btf {
                 members,
             });
         }
-        Ok(Btf { types, strings })
+        let kernel = aya::Btf::parse(data, aya::Endianness::default())
+            .context("aya could not read this BTF")?;
+        Ok(Btf {
+            types,
+            strings,
+            kernel,
+        })
     }
 
     fn name(&self, off: u32) -> &str {
@@ -194,6 +202,11 @@ impl Btf {
         self.types
             .iter()
             .any(|t| t.kind == KIND_TYPEDEF && self.name(t.name_off) == want)
+    }
+
+    /// The BTF in aya's form, for loading BTF-typed tracepoint programs.
+    pub fn kernel(&self) -> &aya::Btf {
+        &self.kernel
     }
 
     /// Every offset the kernel programs read, resolved for the running kernel.

@@ -4,16 +4,17 @@
 //! process exits — cleanly or by `kill -9` — the kernel detaches everything.
 use crate::btf::Btf;
 use anyhow::{Context, Result, bail};
-use aya::Ebpf;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::cgroup_skb::CgroupSkbAttachType;
 use aya::programs::links::CgroupAttachMode;
 use aya::programs::tc::{TcAttachOptions, TcAttachType};
 use aya::programs::xdp::XdpMode;
-use aya::programs::{CgroupSkb, LinkOrder, RawTracePoint, SchedClassifier, Xdp};
+use aya::programs::{BtfTracePoint, CgroupSkb, LinkOrder, RawTracePoint, SchedClassifier, Xdp};
+use aya::{Ebpf, EbpfLoader};
 use latplan_common::Layer;
 use latplan_common::kernel::{
     IfaceCounters, KernelOffsets, LayerCounters, MAX_IFACES, ObserverGlobals, SamplingConfig,
+    WatchedInterfaces,
 };
 use serde::Serialize;
 
@@ -30,13 +31,14 @@ unsafe impl aya::Pod for P<KernelOffsets> {}
 unsafe impl aya::Pod for P<ObserverGlobals> {}
 unsafe impl aya::Pod for P<LayerCounters> {}
 unsafe impl aya::Pod for P<IfaceCounters> {}
+unsafe impl aya::Pod for P<WatchedInterfaces> {}
 
 /// Where a layer is observed: program name and kernel hook (documented in docs/observer.md).
 pub fn hook_of(layer: Layer) -> (&'static [&'static str], &'static str) {
     match layer {
         Layer::SockSend => (
-            &["lp_rtp_tcp_sendmsg", "lp_rtp_sock_send"],
-            "raw_tp:tcp_sendmsg_locked (sys_enter on kernels without it) + raw_tp:sock_send_length",
+            &["lp_tp_tcp_sendmsg", "lp_tp_sock_send"],
+            "tp_btf:tcp_sendmsg_locked (raw_tp:sys_enter on kernels without it) + tp_btf:sock_send_length",
         ),
         Layer::TcpSend => (
             &["lp_cg_ip_send"],
@@ -47,7 +49,7 @@ pub fn hook_of(layer: Layer) -> (&'static [&'static str], &'static str) {
             "cgroup_skb/egress (root cgroup v2): ip_finish_output",
         ),
         Layer::DevSend => (&["lp_tc_dev_send"], "tcx/egress per interface"),
-        Layer::DevXmit => (&["lp_rtp_dev_xmit"], "raw_tp:net_dev_start_xmit"),
+        Layer::DevXmit => (&["lp_tp_dev_xmit"], "tp_btf:net_dev_start_xmit"),
         Layer::DevRecv => (
             &["lp_xdp_dev_recv"],
             "xdp per interface; tcx/ingress on virtual devices and where another XDP program holds it",
@@ -56,21 +58,25 @@ pub fn hook_of(layer: Layer) -> (&'static [&'static str], &'static str) {
             &["lp_cg_ip_recv"],
             "cgroup_skb/ingress (root cgroup v2): tcp_v4_rcv/tcp_v6_rcv",
         ),
-        Layer::TcpRecv => (&["lp_rtp_tcp_recv"], "raw_tp:tcp_probe"),
-        Layer::SockQueue => (&["lp_rtp_sock_queue"], "raw_tp:sk_data_ready"),
-        Layer::SockRecv => (&["lp_rtp_sock_recv"], "raw_tp:sock_recv_length"),
+        Layer::TcpRecv => (&["lp_tp_tcp_recv"], "tp_btf:tcp_probe"),
+        Layer::SockQueue => (&["lp_tp_sock_queue"], "tp_btf:sk_data_ready"),
+        Layer::SockRecv => (&["lp_tp_sock_recv"], "tp_btf:sock_recv_length"),
     }
 }
 
-fn raw_tp_name(prog: &str) -> Option<&'static str> {
+/// The tracepoint a tracing program sits on. The `lp_tp_` programs are BTF-typed (`tp_btf`):
+/// they read kernel structs with plain loads, which the verifier allows only through typed
+/// pointers. `lp_rtp_sys_enter`, the fallback for kernels without `tcp_sendmsg_locked`, reads no
+/// struct and stays a raw tracepoint.
+fn tracepoint_of(prog: &str) -> Option<&'static str> {
     Some(match prog {
-        "lp_rtp_tcp_sendmsg" => "tcp_sendmsg_locked",
+        "lp_tp_tcp_sendmsg" => "tcp_sendmsg_locked",
         "lp_rtp_sys_enter" => "sys_enter",
-        "lp_rtp_sock_send" => "sock_send_length",
-        "lp_rtp_dev_xmit" => "net_dev_start_xmit",
-        "lp_rtp_tcp_recv" => "tcp_probe",
-        "lp_rtp_sock_queue" => "sk_data_ready",
-        "lp_rtp_sock_recv" => "sock_recv_length",
+        "lp_tp_sock_send" => "sock_send_length",
+        "lp_tp_dev_xmit" => "net_dev_start_xmit",
+        "lp_tp_tcp_recv" => "tcp_probe",
+        "lp_tp_sock_queue" => "sk_data_ready",
+        "lp_tp_sock_recv" => "sock_recv_length",
         _ => return None,
     })
 }
@@ -81,6 +87,8 @@ pub struct KernelSettings {
     pub globals: ObserverGlobals,
     /// Network namespaces recorded (own first).
     pub netns: Vec<u32>,
+    /// The interfaces watched, by ifindex; the position is the interface's counter slot.
+    pub interfaces: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,10 +119,24 @@ pub fn ifindex(name: &str) -> Result<u32> {
 /// Loads the object and writes the settings maps; attaches nothing yet.
 pub fn load(btf: &Btf, s: &KernelSettings) -> Result<Ebpf> {
     // The programs read kernel structs by offset; fail early and clearly if BTF lacks a field.
-    let offsets = btf
+    // The offsets go into the object's read-only data before the programs are verified, so that
+    // the verifier sees them as constants (observer-ebpf: `LP_KOFF`).
+    let offsets = P(btf
         .kernel_offsets()
-        .context("failed to resolve kernel struct offsets from BTF")?;
-    let mut ebpf = Ebpf::load(OBJECT).context("failed to load the observer's eBPF object")?;
+        .context("failed to resolve kernel struct offsets from BTF")?);
+    if s.interfaces.len() > MAX_IFACES as usize {
+        bail!("more than {MAX_IFACES} interfaces");
+    }
+    let mut watched = WatchedInterfaces::NONE;
+    watched.count = s.interfaces.len() as u32;
+    watched.ifindex[..s.interfaces.len()].copy_from_slice(&s.interfaces);
+    let watched = P(watched);
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(btf.kernel()))
+        .override_global("LP_KOFF", &offsets, true)
+        .override_global("LP_WATCHED", &watched, true)
+        .load(OBJECT)
+        .context("failed to load the observer's eBPF object")?;
     let mut a: Array<&mut MapData, P<SamplingConfig>> =
         Array::try_from(map(&mut ebpf, "LP_CONFIG")?)?;
     a.set(0, P(s.sampling), 0)
@@ -123,10 +145,6 @@ pub fn load(btf: &Btf, s: &KernelSettings) -> Result<Ebpf> {
         Array::try_from(map(&mut ebpf, "LP_GLOBALS")?)?;
     a.set(0, P(s.globals), 0)
         .context("failed to write the observer settings")?;
-    let mut a: Array<&mut MapData, P<KernelOffsets>> =
-        Array::try_from(map(&mut ebpf, "LP_OFFSETS")?)?;
-    a.set(0, P(offsets), 0)
-        .context("failed to write the kernel offsets")?;
     let mut h: HashMap<&mut MapData, u32, u8> = HashMap::try_from(map(&mut ebpf, "LP_NETNS")?)?;
     for ns in &s.netns {
         h.insert(ns, 1, 0)
@@ -138,17 +156,6 @@ pub fn load(btf: &Btf, s: &KernelSettings) -> Result<Ebpf> {
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name)
         .with_context(|| format!("map {name} missing from the eBPF object"))
-}
-
-/// Registers an interface (its counter slot) so the interface programs count it.
-pub fn register_interface(ebpf: &mut Ebpf, ifindex: u32, slot: u32) -> Result<()> {
-    if slot >= MAX_IFACES {
-        bail!("more than {MAX_IFACES} interfaces");
-    }
-    let mut h: HashMap<&mut MapData, u32, u32> = HashMap::try_from(map(ebpf, "LP_IFACES")?)?;
-    h.insert(ifindex, slot, 0)
-        .context("failed to register interface")?;
-    Ok(())
 }
 
 /// Attaches dev_recv to an interface in `mode` ("native"; "generic"; "tc" = TCX ingress;
@@ -335,25 +342,26 @@ fn open_cgroup2() -> Result<(std::fs::File, String)> {
     Ok((f?, "cgroup2 (private mount)".into()))
 }
 
-/// Attaches one raw-tracepoint program.
-pub fn attach_raw_tp(ebpf: &mut Ebpf, prog_name: &str) -> Result<()> {
-    let tp = raw_tp_name(prog_name)
-        .with_context(|| format!("{prog_name} is not a raw tracepoint program"))?;
-    let prog: &mut RawTracePoint = program(ebpf, prog_name)?.try_into()?;
-    if prog.fd().is_err() {
-        let t = std::time::Instant::now();
-        let r = prog.load();
-        if std::env::var_os("LP_DEBUG").is_some() {
-            eprintln!(
-                "debug: load {prog_name}: {:?} in {:?}",
-                r.as_ref().err(),
-                t.elapsed()
-            );
+/// Attaches one tracepoint program (BTF-typed, or raw for `lp_rtp_sys_enter`).
+pub fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, prog_name: &str) -> Result<()> {
+    let tp = tracepoint_of(prog_name)
+        .with_context(|| format!("{prog_name} is not a tracepoint program"))?;
+    let refused = || format!("the kernel refused {prog_name} (tracepoint {tp})");
+    let attach_failed = || format!("failed to attach {prog_name} to tracepoint {tp}");
+    let prog = program(ebpf, prog_name)?;
+    if prog_name.starts_with("lp_rtp_") {
+        let prog: &mut RawTracePoint = prog.try_into()?;
+        if prog.fd().is_err() {
+            prog.load().with_context(refused)?;
         }
-        r.with_context(|| format!("the kernel refused {prog_name}"))?;
+        prog.attach(tp).with_context(attach_failed)?;
+    } else {
+        let prog: &mut BtfTracePoint = prog.try_into()?;
+        if prog.fd().is_err() {
+            prog.load(tp, btf.kernel()).with_context(refused)?;
+        }
+        prog.attach().with_context(attach_failed)?;
     }
-    prog.attach(tp)
-        .with_context(|| format!("failed to attach {prog_name} to raw tracepoint {tp}"))?;
     Ok(())
 }
 
@@ -363,7 +371,12 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 }
 
 /// Attaches the non-interface programs of `layer` (interface layers are attached per interface).
-pub fn attach_layer(ebpf: &mut Ebpf, layer: Layer, done: &mut Vec<&'static str>) -> Result<()> {
+pub fn attach_layer(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    layer: Layer,
+    done: &mut Vec<&'static str>,
+) -> Result<()> {
     let (progs, _) = hook_of(layer);
     for &p in progs {
         if done.contains(&p) {
@@ -375,15 +388,15 @@ pub fn attach_layer(ebpf: &mut Ebpf, layer: Layer, done: &mut Vec<&'static str>)
             "lp_xdp_dev_recv" | "lp_tc_dev_send" | "lp_tc_dev_recv" => {}
             // Older kernels lack the tracepoint: stamp send-type syscalls instead, which
             // costs every syscall on the host a program run.
-            "lp_rtp_tcp_sendmsg" => {
-                if let Err(e) = attach_raw_tp(ebpf, p) {
-                    attach_raw_tp(ebpf, "lp_rtp_sys_enter").with_context(|| {
+            "lp_tp_tcp_sendmsg" => {
+                if let Err(e) = attach_tracepoint(ebpf, btf, p) {
+                    attach_tracepoint(ebpf, btf, "lp_rtp_sys_enter").with_context(|| {
                         format!("{e:#}; and the fallback to sys_enter failed too")
                     })?;
                     eprintln!("observer: notice: {e:#}; stamping send calls at sys_enter instead");
                 }
             }
-            _ => attach_raw_tp(ebpf, p)?,
+            _ => attach_tracepoint(ebpf, btf, p)?,
         }
         done.push(p);
     }

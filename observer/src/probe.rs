@@ -66,6 +66,7 @@ fn settings() -> KernelSettings {
             ..Default::default()
         },
         netns: vec![],
+        interfaces: vec![],
     }
 }
 
@@ -109,7 +110,7 @@ pub fn probe(interfaces: &[String]) -> Probe {
         }
         let hook = loader::hook_of(layer).1;
         let r = loader::load(&btf, &settings())
-            .and_then(|mut e| loader::attach_layer(&mut e, layer, &mut Vec::new()));
+            .and_then(|mut e| loader::attach_layer(&mut e, &btf, layer, &mut Vec::new()));
         p.layers.insert(layer.name().into(), check(hook, r));
     }
     for name in interfaces {

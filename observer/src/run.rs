@@ -88,6 +88,11 @@ pub fn run(cfg: Config, sink: Box<dyn Sink>, opts: RunOptions) -> Result<()> {
             reserved: 0,
         },
         netns: ns_set.clone(),
+        interfaces: cfg
+            .interfaces
+            .iter()
+            .map(|name| loader::ifindex(name))
+            .collect::<Result<_>>()?,
     };
     let layers = cfg.layer_set()?;
     let btf = Btf::from_sys_fs()?;
@@ -106,8 +111,7 @@ pub fn run(cfg: Config, sink: Box<dyn Sink>, opts: RunOptions) -> Result<()> {
 
     let mut ifaces = Vec::new();
     for (slot, name) in cfg.interfaces.iter().enumerate() {
-        let ifindex = loader::ifindex(name)?;
-        loader::register_interface(&mut ebpf, ifindex, slot as u32)?;
+        let ifindex = settings.interfaces[slot];
         let mut a = AttachedInterface {
             name: name.clone(),
             ifindex,
@@ -126,7 +130,7 @@ pub fn run(cfg: Config, sink: Box<dyn Sink>, opts: RunOptions) -> Result<()> {
     }
     let mut done = Vec::new();
     for &l in &layers {
-        loader::attach_layer(&mut ebpf, l, &mut done)
+        loader::attach_layer(&mut ebpf, &btf, l, &mut done)
             .with_context(|| format!("failed to attach layer {}", l.name()))?;
     }
     let mut ring = RingBuf::try_from(

@@ -41,6 +41,8 @@ fn settings(ports: &[u16]) -> KernelSettings {
             reserved: 0,
         },
         netns: vec![observer::netns::own().unwrap()],
+        // BPF_PROG_TEST_RUN runs the programs on lo (ifindex 1): its counters are slot 0.
+        interfaces: vec![1],
     }
 }
 
@@ -156,7 +158,6 @@ impl Harness {
         require_root();
         let btf = Btf::from_sys_fs().unwrap();
         let mut ebpf = loader::load(&btf, &settings).unwrap();
-        loader::register_interface(&mut ebpf, 1, 0).unwrap();
         for name in ["lp_xdp_dev_recv", "lp_tc_dev_send", "lp_tc_dev_recv"] {
             let p = ebpf.program_mut(name).unwrap();
             match p {

@@ -14,17 +14,22 @@ mod programs {
         bindings::{
             BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_PIPE, xdp_action,
         },
-        helpers::{bpf_get_smp_processor_id, bpf_loop, bpf_probe_read_kernel, bpf_skc_to_tcp_sock},
-        macros::{cgroup_skb, classifier, map, raw_tracepoint, xdp},
+        helpers::{
+            bpf_get_smp_processor_id, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+            bpf_skc_to_tcp_sock,
+        },
+        macros::{btf_tracepoint, cgroup_skb, classifier, map, raw_tracepoint, xdp},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-        programs::{RawTracePointContext, SkBuffContext, TcContext, XdpContext},
+        programs::{
+            BtfTracePointContext, RawTracePointContext, SkBuffContext, TcContext, XdpContext,
+        },
     };
     use latplan_common::{
         Layer,
         kernel::{
             IfaceCounters, KernelOffsets, LayerCounters, MAX_IFACES, MAX_POINTS_PER_RUN, MAX_PORTS,
             ObserverGlobals, SAMPLE_FLAG_RETRANSMIT, SAMPLE_FLAG_TRUNCATED, SampleEvent,
-            SamplingConfig,
+            SamplingConfig, WatchedInterfaces,
         },
     };
     use observer_ebpf::clock_ns;
@@ -35,14 +40,44 @@ mod programs {
     static LP_CONFIG: Array<SamplingConfig> = Array::with_max_entries(1, 0);
     #[map]
     static LP_GLOBALS: Array<ObserverGlobals> = Array::with_max_entries(1, 0);
-    #[map]
-    static LP_OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
+    /// Kernel struct offsets, written by user space before load (`EbpfLoader::set_global`). In
+    /// the object's read-only data, which the kernel freezes, the verifier knows every value as
+    /// a constant: that is what lets the programs read kernel structs with plain loads through
+    /// their BTF-typed pointers instead of one `bpf_probe_read_kernel` call per field. Read only
+    /// through `off!`, which keeps the compiler from folding the zeros below into the code.
+    #[unsafe(no_mangle)]
+    static LP_KOFF: KernelOffsets = unsafe { core::mem::zeroed() };
+
+    /// One field of `LP_KOFF`, as the verifier-known constant the loader wrote.
+    macro_rules! off {
+        ($field:ident) => {
+            unsafe { core::ptr::read_volatile(&raw const LP_KOFF.$field) }
+        };
+    }
     /// Network namespaces (inode) whose sockets and packets this observer records.
     #[map]
     static LP_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
-    /// Interfaces this observer is attached to: ifindex → counter slot.
-    #[map]
-    static LP_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IFACES, 0);
+    /// Interfaces this observer is attached to, in counter-slot order; set before load like
+    /// `LP_KOFF`, so the verifier walks `iface_slot`'s scan only `count` times.
+    #[unsafe(no_mangle)]
+    static LP_WATCHED: WatchedInterfaces = WatchedInterfaces::NONE;
+
+    /// The counter slot of a watched interface.
+    #[inline(always)]
+    fn iface_slot(ifindex: u32) -> Option<u32> {
+        let n = unsafe { core::ptr::read_volatile(&raw const LP_WATCHED.count) };
+        let mut i = 0;
+        while i < MAX_IFACES as usize {
+            if i as u32 >= n {
+                break;
+            }
+            if unsafe { core::ptr::read_volatile(&raw const LP_WATCHED.ifindex[i]) } == ifindex {
+                return Some(i as u32);
+            }
+            i += 1;
+        }
+        None
+    }
     #[map]
     static LP_IFCOUNT: PerCpuArray<IfaceCounters> = PerCpuArray::with_max_entries(MAX_IFACES, 0);
     #[map]
@@ -118,11 +153,6 @@ mod programs {
     }
 
     #[inline(always)]
-    fn offsets() -> Option<&'static KernelOffsets> {
-        LP_OFFSETS.get(0)
-    }
-
-    #[inline(always)]
     fn port_match(cfg: &SamplingConfig, sport: u16, dport: u16) -> bool {
         let n = cfg.port_count as usize;
         if n == 0 {
@@ -146,8 +176,9 @@ mod programs {
     /// ask this as soon as they know a packet's range, before they read anything else of the
     /// flow (its namespace, addresses, TCP state), which only a sampled packet needs: at the
     /// default 64 KiB one 1448-byte segment in 45 holds a point, and the reads the others skip
-    /// were most of a program's cost on a sampled flow (BENCHMARKS.md). A packet stopped here is
-    /// counted as seen at `layers` before its namespace is known.
+    /// were most of a program's cost on a sampled flow (BENCHMARKS.md). The clock, too, is read
+    /// only after this test passed (docs/observer.md, "When the clock is read"). A packet
+    /// stopped here is counted as seen at `layers` before its namespace is known.
     #[inline(always)]
     fn only_if_sampled(layers: &[Layer], seq: u32, len: u32) -> Option<()> {
         if first_point(config()?.sample_mask, seq, len).is_some() {
@@ -373,6 +404,40 @@ mod programs {
         }
     }
 
+    /// How many bytes of a network header `HeadBytes` copies: IPv6's 40 and TCP's first 20, or
+    /// IPv4 without options and TCP with its options.
+    const HEAD_BYTES: usize = 64;
+
+    /// The start of a packet's network header in kernel memory, copied with one helper call;
+    /// reads beyond it (IP options) go to kernel memory like `KernelBytes`. One copy instead of
+    /// one call per header: the tracing programs parse every segment of a watched flow.
+    /// Reading past a short packet's end stays inside the skb's buffer (the shared info follows
+    /// it), and only bytes the headers' own lengths cover are used.
+    struct HeadBytes {
+        base: u64,
+        buf: [u8; HEAD_BYTES],
+    }
+    impl HeadBytes {
+        #[inline(always)]
+        fn fetch(base: u64) -> Option<Self> {
+            let mut buf = [0u8; HEAD_BYTES];
+            unsafe { bpf_probe_read_kernel_buf(base as *const u8, &mut buf) }.ok()?;
+            Some(Self { base, buf })
+        }
+    }
+    impl Bytes for HeadBytes {
+        #[inline(always)]
+        fn read<T: Copy>(&self, off: u32) -> Option<T> {
+            let off = off as usize;
+            if off + core::mem::size_of::<T>() <= HEAD_BYTES {
+                return Some(unsafe {
+                    core::ptr::read_unaligned(self.buf.as_ptr().add(off) as *const T)
+                });
+            }
+            KernelBytes(self.base).read(off as u32)
+        }
+    }
+
     const IPPROTO_TCP: u8 = 6;
     const IPPROTO_UDP: u8 = 17;
     const IPPROTO_ICMP: u8 = 1;
@@ -509,11 +574,8 @@ mod programs {
         layer: Layer,
         retransmit: impl Fn(u32) -> bool,
     ) {
-        let ts = clock_ns();
         let Some(g) = globals() else { return };
-        let slot = unsafe { LP_IFACES.get(ifindex) }
-            .copied()
-            .unwrap_or(u32::MAX);
+        let slot = iface_slot(ifindex).unwrap_or(u32::MAX);
         let ifc = LP_IFCOUNT.get_ptr_mut(slot);
         let rx = layer == Layer::DevRecv;
         if let Some(ifc) = ifc {
@@ -539,9 +601,11 @@ mod programs {
                 } else {
                     0
                 };
-                emit_range(layer, &r, ts, ifindex, g.own_netns, flags)
+                emit_range(layer, &r, clock_ns(), ifindex, g.own_netns, flags)
             }
-            Some(L4::Udp(r)) if g.sample_udp != 0 => emit_udp(layer, &r, ts, ifindex, g.own_netns),
+            Some(L4::Udp(r)) if g.sample_udp != 0 => {
+                emit_udp(layer, &r, clock_ns(), ifindex, g.own_netns)
+            }
             Some(L4::Icmp) => {
                 if let Some(ifc) = ifc {
                     let ifc = unsafe { &mut *ifc };
@@ -650,60 +714,53 @@ mod programs {
         if sk == 0 {
             return false;
         }
-        let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
-        if tp == 0 {
-            return false;
-        }
-        let Some(o) = offsets() else { return false };
-        let Some(snd_nxt) = read_k::<u32>(tp, o.tp_snd_nxt) else {
+        let Some(snd_nxt) = tcp_sock(sk).and_then(|tp| read_k::<u32>(tp, off!(tp_snd_nxt))) else {
             return false;
         };
         (seq.wrapping_sub(snd_nxt) as i32) < 0
     }
 
+    /// A kernel struct field at `base + off`, where `base` is a BTF-typed pointer (a `tp_btf`
+    /// argument, or what `bpf_skc_to_tcp_sock` returned) and `off` an `off!` constant: one plain
+    /// load, which the verifier checks against the struct's BTF and the JIT guards against
+    /// faults (a bad pointer reads 0). Packet bytes are not struct fields: see `KernelBytes`.
     #[inline(always)]
     fn read_k<T: Copy>(base: u64, off: u32) -> Option<T> {
-        unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+        Some(unsafe { core::ptr::read_volatile((base + off as u64) as *const T) })
     }
 
-    /// The cgroup programs' common start: the skb's TCP socket, if it passes the port filter and
-    /// lives in a namespace this observer records, and the segment's range (cgroup_skb data starts
-    /// at the network header). Cheapest rejections first: most sockets on a host are not ours.
+    /// The cgroup programs' common start: a TCP segment that passes the port filter and holds a
+    /// sample point (cgroup_skb data starts at the network header, read in place), then its
+    /// socket, if it lives in a namespace this observer records. The packet's own ports and
+    /// range decide first: they cost no helper call, and most segments stop there.
     #[inline(always)]
-    fn cg_tcp_segment(
-        ctx: &SkBuffContext,
-        layers: &[Layer],
-    ) -> Option<(u64, &'static KernelOffsets, u32, Range)> {
+    fn cg_tcp_segment(ctx: &SkBuffContext, layers: &[Layer]) -> Option<(u64, u32, Range)> {
         let skb = unsafe { &*ctx.skb.skb };
-        let sk = unsafe { skb.__bindgen_anon_2.sk } as u64;
-        if sk == 0 {
-            return None;
-        }
-        let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
-        if tp == 0 {
-            return None;
-        }
-        let o = offsets()?;
-        sock_ports_match(tp, o)?;
         let b = SkbBytes(&ctx.skb);
         let L4::Tcp(r) = parse_ip(&b, 0, skb.protocol as u16)? else {
             return None;
         };
+        port_match(config()?, r.sport, r.dport).then_some(())?;
         only_if_sampled(layers, r.seq, r.len)?;
-        let netns = sock_netns(tp, o)?;
-        Some((tp, o, netns, r))
+        let sk = unsafe { skb.__bindgen_anon_2.sk } as u64;
+        if sk == 0 {
+            return None;
+        }
+        let tp = tcp_sock(sk)?;
+        let netns = sock_netns(tp)?;
+        Some((tp, netns, r))
     }
 
     // ---- tcp_send + ip_send: cgroup_skb egress on the root cgroup (ip_finish_output) ----
 
     #[cgroup_skb]
     pub fn lp_cg_ip_send(ctx: SkBuffContext) -> i32 {
-        let now = clock_ns();
-        let Some((tp, o, netns, r)) = cg_tcp_segment(&ctx, &[Layer::TcpSend, Layer::IpSend]) else {
+        let Some((tp, netns, r)) = cg_tcp_segment(&ctx, &[Layer::TcpSend, Layer::IpSend]) else {
             return 1;
         };
+        let now = clock_ns();
         let skb = unsafe { &*ctx.skb.skb };
-        let flags = match read_k::<u32>(tp, o.tp_snd_nxt) {
+        let flags = match read_k::<u32>(tp, off!(tp_snd_nxt)) {
             Some(nxt) if r.len > 0 && (r.seq.wrapping_sub(nxt) as i32) < 0 => {
                 SAMPLE_FLAG_RETRANSMIT
             }
@@ -728,17 +785,17 @@ mod programs {
     /// program: they fire for every socket on the host, and most are not ours. `skc_dport` and
     /// `skc_num` sit side by side (`skc_portpair`), so one read fetches both.
     #[inline(always)]
-    fn sock_ports_match(sk: u64, o: &KernelOffsets) -> Option<()> {
+    fn sock_ports_match(sk: u64) -> Option<()> {
         let cfg = config()?;
         if cfg.port_count == 0 {
             return Some(());
         }
-        let (lport, rport) = if o.sk_num == o.sk_dport + 2 {
-            let pair: [[u8; 2]; 2] = read_k(sk, o.sk_dport)?;
+        let (lport, rport) = if off!(sk_num) == off!(sk_dport) + 2 {
+            let pair: [[u8; 2]; 2] = read_k(sk, off!(sk_dport))?;
             (u16::from_ne_bytes(pair[1]), u16::from_be_bytes(pair[0]))
         } else {
-            let l: u16 = read_k(sk, o.sk_num)?;
-            let r: u16 = read_k(sk, o.sk_dport)?;
+            let l: u16 = read_k(sk, off!(sk_num))?;
+            let r: u16 = read_k(sk, off!(sk_dport))?;
             (l, u16::from_be(r))
         };
         port_match(cfg, lport, rport).then_some(())
@@ -746,29 +803,28 @@ mod programs {
 
     /// The socket's network namespace inode, if it is one this observer records.
     #[inline(always)]
-    fn sock_netns(sk: u64, o: &KernelOffsets) -> Option<u32> {
-        let net: u64 = read_k(sk, o.sk_net)?;
-        let inum: u32 = read_k(net, o.net_inum)?;
+    fn sock_netns(sk: u64) -> Option<u32> {
+        let net: u64 = read_k(sk, off!(sk_net))?;
+        let inum: u32 = read_k(net, off!(net_inum))?;
         unsafe { LP_NETNS.get(inum) }?;
         Some(inum)
     }
 
     #[inline(always)]
-    fn dev_netns(dev: u64, o: &KernelOffsets) -> Option<u32> {
-        let net: u64 = read_k(dev, o.dev_nd_net)?;
-        let inum: u32 = read_k(net, o.net_inum)?;
+    fn dev_netns(dev: u64) -> Option<u32> {
+        let net: u64 = read_k(dev, off!(dev_nd_net))?;
+        let inum: u32 = read_k(net, off!(net_inum))?;
         unsafe { LP_NETNS.get(inum) }?;
         Some(inum)
     }
 
     // ---- dev_xmit: net_dev_start_xmit (after the qdisc, handed to the driver) ----
 
-    #[raw_tracepoint(tracepoint = "net_dev_start_xmit")]
-    pub fn lp_rtp_dev_xmit(ctx: RawTracePointContext) -> i32 {
-        let ts = clock_ns();
+    #[btf_tracepoint(function = "net_dev_start_xmit")]
+    pub fn lp_tp_dev_xmit(ctx: BtfTracePointContext) -> i32 {
         let skb: u64 = ctx.arg(0);
         let dev: u64 = ctx.arg(1);
-        let _ = try_skb_layer(Layer::DevXmit, skb, dev, ts);
+        let _ = try_skb_layer(Layer::DevXmit, skb, dev);
         0
     }
 
@@ -780,37 +836,25 @@ mod programs {
     /// breaks the path order when dev_recv is TCX ingress.
     #[cgroup_skb]
     pub fn lp_cg_ip_recv(ctx: SkBuffContext) -> i32 {
-        let now = clock_ns();
-        let Some((_, _, netns, r)) = cg_tcp_segment(&ctx, &[Layer::IpRecv]) else {
+        let Some((_, netns, r)) = cg_tcp_segment(&ctx, &[Layer::IpRecv]) else {
             return 1;
         };
-        emit_range(Layer::IpRecv, &r, now, 0, netns, 0);
+        emit_range(Layer::IpRecv, &r, clock_ns(), 0, netns, 0);
         1
     }
 
     #[inline(always)]
-    fn try_skb_layer(layer: Layer, skb: u64, dev: u64, ts: u64) -> Option<()> {
-        let o = offsets()?;
-        let ifindex: u32 = read_k(dev, o.dev_ifindex)?;
+    fn try_skb_layer(layer: Layer, skb: u64, dev: u64) -> Option<()> {
+        let ifindex: u32 = read_k(dev, off!(dev_ifindex))?;
         if layer.is_interface_layer() {
             // Interface layers only on the interfaces this observer was told to watch.
-            unsafe { LP_IFACES.get(ifindex) }?;
+            iface_slot(ifindex)?;
         }
-        let head: u64 = read_k(skb, o.skb_head)?;
-        let nh: u16 = read_k(skb, o.skb_network_header)?;
-        let b = KernelBytes(head + nh as u64);
-        let v: u8 = b.read(0)?;
-        let proto = if v >> 4 == 6 {
-            0x86ddu16.to_be()
-        } else {
-            0x0800u16.to_be()
-        };
-        let L4::Tcp(r) = parse_ip(&b, 0, proto)? else {
-            return None;
-        };
+        let (r, _) = skb_tcp_range(skb)?;
         port_match(config()?, r.sport, r.dport).then_some(())?;
         only_if_sampled(&[layer], r.seq, r.len)?;
-        let netns = dev_netns(dev, o)?;
+        let ts = clock_ns();
+        let netns = dev_netns(dev)?;
         // No retransmit flag here: after a qdisc wait TCP has long advanced snd_nxt past the
         // segment, so `seq < snd_nxt` would flag every queued segment (it did, behind a token
         // bucket). The layers before the qdisc flag retransmissions, and a byte sent twice
@@ -825,52 +869,70 @@ mod programs {
         Some(())
     }
 
-    // ---- tcp_recv: tcp_probe (tcp_rcv_established, segment accepted by an established socket) ----
-
-    #[raw_tracepoint(tracepoint = "tcp_probe")]
-    pub fn lp_rtp_tcp_recv(ctx: RawTracePointContext) -> i32 {
-        let ts = clock_ns();
-        let sk: u64 = ctx.arg(0);
-        let skb: u64 = ctx.arg(1);
-        let _ = try_tcp_recv(sk, skb, ts);
-        0
-    }
-
+    /// The TCP byte range of an skb whose network header is set (transmit path after IP, TCP
+    /// receive), and the skb's `head`; `None` for anything but TCP.
     #[inline(always)]
-    fn try_tcp_recv(sk: u64, skb: u64, ts: u64) -> Option<()> {
-        let o = offsets()?;
-        sock_ports_match(sk, o)?;
-        // TCP's own [seq, end_seq) of the segment, from the control block tcp_v4_rcv() filled:
-        // one read decides whether it can hold a sample point. end_seq also counts a FIN, so
-        // this range may be one longer than the data; the exact length is taken below.
-        let (seq, end) = if o.skb_tcp_end_seq == o.skb_tcp_seq + 4 {
-            let pair: [u32; 2] = read_k(skb, o.skb_tcp_seq)?;
-            (pair[0], pair[1])
-        } else {
-            (read_k(skb, o.skb_tcp_seq)?, read_k(skb, o.skb_tcp_end_seq)?)
-        };
-        only_if_sampled(&[Layer::TcpRecv], seq, end.wrapping_sub(seq))?;
-        let netns = sock_netns(sk, o)?;
-        let head: u64 = read_k(skb, o.skb_head)?;
-        let nh: u16 = read_k(skb, o.skb_network_header)?;
-        let b = KernelBytes(head + nh as u64);
+    fn skb_tcp_range(skb: u64) -> Option<(Range, u64)> {
+        let head: u64 = read_k(skb, off!(skb_head))?;
+        let nh: u16 = read_k(skb, off!(skb_network_header))?;
+        let b = HeadBytes::fetch(head + nh as u64)?;
         let v: u8 = b.read(0)?;
         let proto = if v >> 4 == 6 {
             0x86ddu16.to_be()
         } else {
             0x0800u16.to_be()
         };
-        let L4::Tcp(mut r) = parse_ip(&b, 0, proto)? else {
-            return None;
+        match parse_ip(&b, 0, proto)? {
+            L4::Tcp(r) => Some((r, head)),
+            _ => None,
+        }
+    }
+
+    /// The TCP socket behind a socket pointer (the `tcp_sock` fields lie past `struct sock`,
+    /// where the verifier lets no load through a `struct sock *` go).
+    #[inline(always)]
+    fn tcp_sock(sk: u64) -> Option<u64> {
+        let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
+        (tp != 0).then_some(tp)
+    }
+
+    // ---- tcp_recv: tcp_probe (tcp_rcv_established, segment accepted by an established socket) ----
+
+    #[btf_tracepoint(function = "tcp_probe")]
+    pub fn lp_tp_tcp_recv(ctx: BtfTracePointContext) -> i32 {
+        let sk: u64 = ctx.arg(0);
+        let skb: u64 = ctx.arg(1);
+        let _ = try_tcp_recv(sk, skb);
+        0
+    }
+
+    #[inline(always)]
+    fn try_tcp_recv(sk: u64, skb: u64) -> Option<()> {
+        sock_ports_match(sk)?;
+        // TCP's own [seq, end_seq) of the segment, from the control block tcp_v4_rcv() filled:
+        // one read decides whether it can hold a sample point. end_seq also counts a FIN, so
+        // this range may be one longer than the data; the exact length is taken below.
+        let (seq, end) = if off!(skb_tcp_end_seq) == off!(skb_tcp_seq) + 4 {
+            let pair: [u32; 2] = read_k(skb, off!(skb_tcp_seq))?;
+            (pair[0], pair[1])
+        } else {
+            (
+                read_k(skb, off!(skb_tcp_seq))?,
+                read_k(skb, off!(skb_tcp_end_seq))?,
+            )
         };
+        only_if_sampled(&[Layer::TcpRecv], seq, end.wrapping_sub(seq))?;
+        let ts = clock_ns();
+        let netns = sock_netns(sk)?;
+        let (mut r, head) = skb_tcp_range(skb)?;
         // Segments queued to a busy socket's backlog are coalesced into one skb whose IP header
         // still describes the first: take the length from the skb (data starts at the TCP header).
-        let th: u16 = read_k(skb, o.skb_transport_header)?;
-        let doff: u8 = read_k(head + th as u64 + 12, 0)?;
-        let skb_len: u32 = read_k(skb, o.skb_len)?;
+        let th: u16 = read_k(skb, off!(skb_transport_header))?;
+        let doff: u8 = KernelBytes(head + th as u64).read(12)?;
+        let skb_len: u32 = read_k(skb, off!(skb_len))?;
         r.len = skb_len.saturating_sub(((doff >> 4) as u32) * 4);
         // A segment starting below rcv_nxt is (partly) a duplicate: flag it like a retransmission.
-        let nxt: u32 = read_k(sk, o.tp_rcv_nxt)?;
+        let nxt: u32 = read_k(tcp_sock(sk)?, off!(tp_rcv_nxt))?;
         let flags = if r.len > 0 && (r.seq.wrapping_sub(nxt) as i32) < 0 {
             SAMPLE_FLAG_RETRANSMIT
         } else {
@@ -887,17 +949,17 @@ mod programs {
 
     /// Reads the socket's (local, remote) addresses and ports; `None` for non-IP sockets.
     #[inline(always)]
-    fn sock_endpoints(sk: u64, o: &KernelOffsets) -> Option<([u8; 16], u16, [u8; 16], u16)> {
-        let family: u16 = read_k(sk, o.sk_family)?;
-        let protocol: u16 = read_k(sk, o.sk_protocol)?;
+    fn sock_endpoints(sk: u64) -> Option<([u8; 16], u16, [u8; 16], u16)> {
+        let family: u16 = read_k(sk, off!(sk_family))?;
+        let protocol: u16 = read_k(sk, off!(sk_protocol))?;
         if protocol != IPPROTO_TCP as u16 {
             return None;
         }
         let mut local = [0u8; 16];
         let mut remote = [0u8; 16];
         if family == AF_INET {
-            let l: [u8; 4] = read_k(sk, o.sk_rcv_saddr)?;
-            let r: [u8; 4] = read_k(sk, o.sk_daddr)?;
+            let l: [u8; 4] = read_k(sk, off!(sk_rcv_saddr))?;
+            let r: [u8; 4] = read_k(sk, off!(sk_daddr))?;
             local[10] = 0xff;
             local[11] = 0xff;
             remote[10] = 0xff;
@@ -905,13 +967,13 @@ mod programs {
             local[12..16].copy_from_slice(&l);
             remote[12..16].copy_from_slice(&r);
         } else if family == AF_INET6 {
-            local = read_k(sk, o.sk_v6_rcv_saddr)?;
-            remote = read_k(sk, o.sk_v6_daddr)?;
+            local = read_k(sk, off!(sk_v6_rcv_saddr))?;
+            remote = read_k(sk, off!(sk_v6_daddr))?;
         } else {
             return None;
         }
-        let lport: u16 = read_k(sk, o.sk_num)?;
-        let rport: u16 = u16::from_be(read_k(sk, o.sk_dport)?);
+        let lport: u16 = read_k(sk, off!(sk_num))?;
+        let rport: u16 = u16::from_be(read_k(sk, off!(sk_dport))?);
         Some((local, lport, remote, rport))
     }
 
@@ -931,8 +993,8 @@ mod programs {
     /// for buffer space; the first round of a call is when the application handed its bytes
     /// over. It fires for TCP sends only, so unlike a syscall hook it costs the rest of the host
     /// nothing (every syscall of every process pays for a `sys_enter` program: BENCHMARKS.md).
-    #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
-    pub fn lp_rtp_tcp_sendmsg(ctx: RawTracePointContext) -> i32 {
+    #[btf_tracepoint(function = "tcp_sendmsg_locked")]
+    pub fn lp_tp_tcp_sendmsg(ctx: BtfTracePointContext) -> i32 {
         let sk: u64 = ctx.arg(0);
         let _ = try_tcp_sendmsg(sk);
         0
@@ -940,7 +1002,7 @@ mod programs {
 
     #[inline(always)]
     fn try_tcp_sendmsg(sk: u64) -> Option<()> {
-        sock_ports_match(sk, offsets()?)?;
+        sock_ports_match(sk)?;
         let t = aya_ebpf::helpers::bpf_get_current_pid_tgid();
         match LP_SEND_ENTRY.get_ptr_mut(t) {
             // A later round of the same call keeps the first round's time.
@@ -985,8 +1047,8 @@ mod programs {
         0
     }
 
-    #[raw_tracepoint(tracepoint = "sock_send_length")]
-    pub fn lp_rtp_sock_send(ctx: RawTracePointContext) -> i32 {
+    #[btf_tracepoint(function = "sock_send_length")]
+    pub fn lp_tp_sock_send(ctx: BtfTracePointContext) -> i32 {
         let sk: u64 = ctx.arg(0);
         let ret: i32 = ctx.arg::<u64>(1) as i32;
         let _ = try_sock_send(sk, ret);
@@ -996,8 +1058,7 @@ mod programs {
     #[inline(always)]
     fn try_sock_send(sk: u64, ret: i32) -> Option<()> {
         let now = clock_ns();
-        let o = offsets()?;
-        sock_ports_match(sk, o)?;
+        sock_ports_match(sk)?;
         let t = aya_ebpf::helpers::bpf_get_current_pid_tgid();
         // The call may have blocked for buffer space: the bytes were handed over at its start.
         // The stamp is consumed (zeroed in place, cheaper than a delete) so that the next call
@@ -1015,11 +1076,11 @@ mod programs {
         if ret <= 0 {
             return None;
         }
-        let write_seq: u32 = read_k(sk, o.tp_write_seq)?;
+        let write_seq: u32 = read_k(tcp_sock(sk)?, off!(tp_write_seq))?;
         let len = ret as u32;
         only_if_sampled(&[Layer::SockSend], write_seq.wrapping_sub(len), len)?;
-        let netns = sock_netns(sk, o)?;
-        let (local, lport, remote, rport) = sock_endpoints(sk, o)?;
+        let netns = sock_netns(sk)?;
+        let (local, lport, remote, rport) = sock_endpoints(sk)?;
         let r = Range {
             saddr: local,
             daddr: remote,
@@ -1039,8 +1100,8 @@ mod programs {
 
     // ---- sock_queue: data queued on the socket, reader woken ----
 
-    #[raw_tracepoint(tracepoint = "sk_data_ready")]
-    pub fn lp_rtp_sock_queue(ctx: RawTracePointContext) -> i32 {
+    #[btf_tracepoint(function = "sk_data_ready")]
+    pub fn lp_tp_sock_queue(ctx: BtfTracePointContext) -> i32 {
         let sk: u64 = ctx.arg(0);
         let _ = try_sock_queue(sk);
         0
@@ -1048,10 +1109,8 @@ mod programs {
 
     #[inline(always)]
     fn try_sock_queue(sk: u64) -> Option<()> {
-        let ts = clock_ns();
-        let o = offsets()?;
-        sock_ports_match(sk, o)?;
-        let nxt: u32 = read_k(sk, o.tp_rcv_nxt)?;
+        sock_ports_match(sk)?;
+        let nxt: u32 = read_k(tcp_sock(sk)?, off!(tp_rcv_nxt))?;
         // The bytes newly queued since the last wake-up are [previous rcv_nxt, rcv_nxt).
         let prev = match LP_RCV_TAIL.get_ptr_mut(sk) {
             Some(slot) => unsafe { core::mem::replace(&mut *slot, nxt) },
@@ -1065,8 +1124,9 @@ mod programs {
             return None;
         }
         only_if_sampled(&[Layer::SockQueue], prev, len)?;
-        let netns = sock_netns(sk, o)?;
-        let (local, lport, remote, rport) = sock_endpoints(sk, o)?;
+        let ts = clock_ns();
+        let netns = sock_netns(sk)?;
+        let (local, lport, remote, rport) = sock_endpoints(sk)?;
         let r = Range {
             saddr: remote,
             daddr: local,
@@ -1083,8 +1143,8 @@ mod programs {
 
     const MSG_PEEK: i32 = 2;
 
-    #[raw_tracepoint(tracepoint = "sock_recv_length")]
-    pub fn lp_rtp_sock_recv(ctx: RawTracePointContext) -> i32 {
+    #[btf_tracepoint(function = "sock_recv_length")]
+    pub fn lp_tp_sock_recv(ctx: BtfTracePointContext) -> i32 {
         let sk: u64 = ctx.arg(0);
         let ret = ctx.arg::<u64>(1) as i32;
         let flags = ctx.arg::<u64>(2) as i32;
@@ -1096,13 +1156,12 @@ mod programs {
 
     #[inline(always)]
     fn try_sock_recv(sk: u64, len: u32) -> Option<()> {
-        let ts = clock_ns();
-        let o = offsets()?;
-        sock_ports_match(sk, o)?;
-        let copied: u32 = read_k(sk, o.tp_copied_seq)?;
+        sock_ports_match(sk)?;
+        let copied: u32 = read_k(tcp_sock(sk)?, off!(tp_copied_seq))?;
         only_if_sampled(&[Layer::SockRecv], copied.wrapping_sub(len), len)?;
-        let netns = sock_netns(sk, o)?;
-        let (local, lport, remote, rport) = sock_endpoints(sk, o)?;
+        let ts = clock_ns();
+        let netns = sock_netns(sk)?;
+        let (local, lport, remote, rport) = sock_endpoints(sk)?;
         let r = Range {
             saddr: remote,
             daddr: local,

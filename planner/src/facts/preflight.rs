@@ -485,7 +485,7 @@ fn judge_probe(
         } else if bad.is_empty() {
             Verdict::pass(format!("{ok}/{}", probe.layers.len()))
         } else {
-            Verdict::fail(format!("{ok}/{}", probe.layers.len()), format!("layers without a working hook: {}", bad.join("; ")), "those layers will be missing from the report; a kernel with the tracepoints (or BTF raw tracepoints) enabled provides them")
+            Verdict::fail(format!("{ok}/{}", probe.layers.len()), format!("layers without a working hook: {}", bad.join("; ")), "those layers will be missing from the report; a kernel with BTF and these tracepoints provides them")
         },
     );
 }

@@ -107,7 +107,7 @@ mod tests {
           "schema": 1, "kernel": "6.18.0", "btf": true, "btf_error": null, "cgroup2": "/sys/fs/cgroup",
           "layers": {
             "sock_send": {"ok": true, "hook": "tracepoint:sock:sock_send_length", "error": null},
-            "tcp_recv": {"ok": false, "hook": "raw_tp:tcp_probe", "error": "permission denied"}
+            "tcp_recv": {"ok": false, "hook": "tp_btf:tcp_probe", "error": "permission denied"}
           },
           "interfaces": {
             "eth0": {"exists": true, "ifindex": 2,

@@ -12,13 +12,15 @@
 mod programs {
     use aya_ebpf::{
         bindings::{
-            BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_PIPE, xdp_action,
+            BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SK_STORAGE_GET_F_CREATE,
+            TC_ACT_PIPE, xdp_action,
         },
+        btf_maps::SkStorage,
         helpers::{
             bpf_get_smp_processor_id, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-            bpf_skc_to_tcp_sock,
+            bpf_sk_storage_get, bpf_skc_to_tcp_sock,
         },
-        macros::{btf_tracepoint, cgroup_skb, classifier, map, raw_tracepoint, xdp},
+        macros::{btf_map, btf_tracepoint, cgroup_skb, classifier, map, raw_tracepoint, xdp},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
         programs::{
             BtfTracePointContext, RawTracePointContext, SkBuffContext, TcContext, XdpContext,
@@ -88,9 +90,20 @@ mod programs {
     /// When the send call a thread is in handed its bytes to TCP (pid_tgid → `SendEntry`).
     #[map]
     static LP_SEND_ENTRY: LruHashMap<u64, SendEntry> = LruHashMap::with_max_entries(16384, 0);
-    /// Receive queue tail last seen per socket (sk address → rcv_nxt), for sock_queue ranges.
-    #[map]
-    static LP_RCV_TAIL: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+    /// Receive queue tail last seen per socket, for sock_queue ranges, in the socket's own
+    /// storage: one lookup through the socket instead of a hash of its address, nothing to
+    /// evict while the host has many sockets, freed with the socket (and with this map when the
+    /// observer exits).
+    #[btf_map]
+    static LP_RCV_TAIL: SkStorage<RcvTail> = SkStorage::new();
+
+    /// `rcv_nxt` at the socket's previous wake-up; `seen` is 0 in storage just created.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct RcvTail {
+        nxt: u32,
+        seen: u32,
+    }
     /// Per-flow rate-limit state (see `RateState`).
     #[map]
     static LP_RATE: LruHashMap<RateKey, RateState> = LruHashMap::with_max_entries(16384, 0);
@@ -1112,13 +1125,23 @@ mod programs {
         sock_ports_match(sk)?;
         let nxt: u32 = read_k(tcp_sock(sk)?, off!(tp_rcv_nxt))?;
         // The bytes newly queued since the last wake-up are [previous rcv_nxt, rcv_nxt).
-        let prev = match LP_RCV_TAIL.get_ptr_mut(sk) {
-            Some(slot) => unsafe { core::mem::replace(&mut *slot, nxt) },
-            None => {
-                let _ = LP_RCV_TAIL.insert(sk, nxt, 0);
-                return None;
-            }
-        };
+        // (`SkStorage`'s own accessors take a socket-address context; the helper is the same.)
+        let tail = unsafe {
+            bpf_sk_storage_get(
+                &raw const LP_RCV_TAIL as *mut core::ffi::c_void,
+                sk as *mut core::ffi::c_void,
+                core::ptr::null_mut(),
+                BPF_SK_STORAGE_GET_F_CREATE as u64,
+            )
+        } as *mut RcvTail;
+        if tail.is_null() {
+            return None;
+        }
+        let tail = unsafe { &mut *tail };
+        let prev = core::mem::replace(&mut tail.nxt, nxt);
+        if core::mem::replace(&mut tail.seen, 1) == 0 {
+            return None;
+        }
         let len = nxt.wrapping_sub(prev);
         if len == 0 || len > (1 << 30) {
             return None;

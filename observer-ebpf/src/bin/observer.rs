@@ -42,7 +42,7 @@ mod programs {
     static LP_CONFIG: Array<SamplingConfig> = Array::with_max_entries(1, 0);
     #[map]
     static LP_GLOBALS: Array<ObserverGlobals> = Array::with_max_entries(1, 0);
-    /// Kernel struct offsets, written by user space before load (`EbpfLoader::set_global`). In
+    /// Kernel struct offsets, written by user space before load (`EbpfLoader::override_global`). In
     /// the object's read-only data, which the kernel freezes, the verifier knows every value as
     /// a constant: that is what lets the programs read kernel structs with plain loads through
     /// their BTF-typed pointers instead of one `bpf_probe_read_kernel` call per field. Read only
@@ -417,8 +417,8 @@ mod programs {
         }
     }
 
-    /// How many bytes of a network header `HeadBytes` copies: IPv6's 40 and TCP's first 20, or
-    /// IPv4 without options and TCP with its options.
+    /// How many bytes of a network header `HeadBytes` copies: IPv6's 40 and the first 24 of TCP,
+    /// or IPv4's 20 and the first 44 of TCP (its fixed 20 and, unused here, some options).
     const HEAD_BYTES: usize = 64;
 
     /// The start of a packet's network header in kernel memory, copied with one helper call;

@@ -727,9 +727,10 @@ mod programs {
         if sk == 0 {
             return false;
         }
-        let Some(snd_nxt) = tcp_sock(sk).and_then(|tp| read_k::<u32>(tp, off!(tp_snd_nxt))) else {
+        let Some(tp) = tcp_sock(sk) else {
             return false;
         };
+        let snd_nxt: u32 = read_k(tp, off!(tp_snd_nxt));
         (seq.wrapping_sub(snd_nxt) as i32) < 0
     }
 
@@ -738,8 +739,8 @@ mod programs {
     /// load, which the verifier checks against the struct's BTF and the JIT guards against
     /// faults (a bad pointer reads 0). Packet bytes are not struct fields: see `KernelBytes`.
     #[inline(always)]
-    fn read_k<T: Copy>(base: u64, off: u32) -> Option<T> {
-        Some(unsafe { core::ptr::read_volatile((base + off as u64) as *const T) })
+    fn read_k<T: Copy>(base: u64, off: u32) -> T {
+        unsafe { core::ptr::read_volatile((base + off as u64) as *const T) }
     }
 
     /// The cgroup programs' common start: a TCP segment that passes the port filter and holds a
@@ -773,11 +774,11 @@ mod programs {
         };
         let now = clock_ns();
         let skb = unsafe { &*ctx.skb.skb };
-        let flags = match read_k::<u32>(tp, off!(tp_snd_nxt)) {
-            Some(nxt) if r.len > 0 && (r.seq.wrapping_sub(nxt) as i32) < 0 => {
-                SAMPLE_FLAG_RETRANSMIT
-            }
-            _ => 0,
+        let nxt: u32 = read_k(tp, off!(tp_snd_nxt));
+        let flags = if r.len > 0 && (r.seq.wrapping_sub(nxt) as i32) < 0 {
+            SAMPLE_FLAG_RETRANSMIT
+        } else {
+            0
         };
         // TCP stamps each segment with its transmit time on this clock (skb->skb_mstamp_ns =
         // tcp_wstamp_ns, from tcp_clock_ns() when tcp_write_xmit ran); that is tcp_send.
@@ -804,11 +805,11 @@ mod programs {
             return Some(());
         }
         let (lport, rport) = if off!(sk_num) == off!(sk_dport) + 2 {
-            let pair: [[u8; 2]; 2] = read_k(sk, off!(sk_dport))?;
+            let pair: [[u8; 2]; 2] = read_k(sk, off!(sk_dport));
             (u16::from_ne_bytes(pair[1]), u16::from_be_bytes(pair[0]))
         } else {
-            let l: u16 = read_k(sk, off!(sk_num))?;
-            let r: u16 = read_k(sk, off!(sk_dport))?;
+            let l: u16 = read_k(sk, off!(sk_num));
+            let r: u16 = read_k(sk, off!(sk_dport));
             (l, u16::from_be(r))
         };
         port_match(cfg, lport, rport).then_some(())
@@ -817,16 +818,16 @@ mod programs {
     /// The socket's network namespace inode, if it is one this observer records.
     #[inline(always)]
     fn sock_netns(sk: u64) -> Option<u32> {
-        let net: u64 = read_k(sk, off!(sk_net))?;
-        let inum: u32 = read_k(net, off!(net_inum))?;
+        let net: u64 = read_k(sk, off!(sk_net));
+        let inum: u32 = read_k(net, off!(net_inum));
         unsafe { LP_NETNS.get(inum) }?;
         Some(inum)
     }
 
     #[inline(always)]
     fn dev_netns(dev: u64) -> Option<u32> {
-        let net: u64 = read_k(dev, off!(dev_nd_net))?;
-        let inum: u32 = read_k(net, off!(net_inum))?;
+        let net: u64 = read_k(dev, off!(dev_nd_net));
+        let inum: u32 = read_k(net, off!(net_inum));
         unsafe { LP_NETNS.get(inum) }?;
         Some(inum)
     }
@@ -858,7 +859,7 @@ mod programs {
 
     #[inline(always)]
     fn try_skb_layer(layer: Layer, skb: u64, dev: u64) -> Option<()> {
-        let ifindex: u32 = read_k(dev, off!(dev_ifindex))?;
+        let ifindex: u32 = read_k(dev, off!(dev_ifindex));
         if layer.is_interface_layer() {
             // Interface layers only on the interfaces this observer was told to watch.
             iface_slot(ifindex)?;
@@ -886,8 +887,8 @@ mod programs {
     /// receive), and the skb's `head`; `None` for anything but TCP.
     #[inline(always)]
     fn skb_tcp_range(skb: u64) -> Option<(Range, u64)> {
-        let head: u64 = read_k(skb, off!(skb_head))?;
-        let nh: u16 = read_k(skb, off!(skb_network_header))?;
+        let head: u64 = read_k(skb, off!(skb_head));
+        let nh: u16 = read_k(skb, off!(skb_network_header));
         let b = HeadBytes::fetch(head + nh as u64)?;
         let v: u8 = b.read(0)?;
         let proto = if v >> 4 == 6 {
@@ -926,12 +927,12 @@ mod programs {
         // one read decides whether it can hold a sample point. end_seq also counts a FIN, so
         // this range may be one longer than the data; the exact length is taken below.
         let (seq, end) = if off!(skb_tcp_end_seq) == off!(skb_tcp_seq) + 4 {
-            let pair: [u32; 2] = read_k(skb, off!(skb_tcp_seq))?;
+            let pair: [u32; 2] = read_k(skb, off!(skb_tcp_seq));
             (pair[0], pair[1])
         } else {
             (
-                read_k(skb, off!(skb_tcp_seq))?,
-                read_k(skb, off!(skb_tcp_end_seq))?,
+                read_k(skb, off!(skb_tcp_seq)),
+                read_k(skb, off!(skb_tcp_end_seq)),
             )
         };
         only_if_sampled(&[Layer::TcpRecv], seq, end.wrapping_sub(seq))?;
@@ -940,12 +941,12 @@ mod programs {
         let (mut r, head) = skb_tcp_range(skb)?;
         // Segments queued to a busy socket's backlog are coalesced into one skb whose IP header
         // still describes the first: take the length from the skb (data starts at the TCP header).
-        let th: u16 = read_k(skb, off!(skb_transport_header))?;
+        let th: u16 = read_k(skb, off!(skb_transport_header));
         let doff: u8 = KernelBytes(head + th as u64).read(12)?;
-        let skb_len: u32 = read_k(skb, off!(skb_len))?;
+        let skb_len: u32 = read_k(skb, off!(skb_len));
         r.len = skb_len.saturating_sub(((doff >> 4) as u32) * 4);
         // A segment starting below rcv_nxt is (partly) a duplicate: flag it like a retransmission.
-        let nxt: u32 = read_k(tcp_sock(sk)?, off!(tp_rcv_nxt))?;
+        let nxt: u32 = read_k(tcp_sock(sk)?, off!(tp_rcv_nxt));
         let flags = if r.len > 0 && (r.seq.wrapping_sub(nxt) as i32) < 0 {
             SAMPLE_FLAG_RETRANSMIT
         } else {
@@ -963,16 +964,16 @@ mod programs {
     /// Reads the socket's (local, remote) addresses and ports; `None` for non-IP sockets.
     #[inline(always)]
     fn sock_endpoints(sk: u64) -> Option<([u8; 16], u16, [u8; 16], u16)> {
-        let family: u16 = read_k(sk, off!(sk_family))?;
-        let protocol: u16 = read_k(sk, off!(sk_protocol))?;
+        let family: u16 = read_k(sk, off!(sk_family));
+        let protocol: u16 = read_k(sk, off!(sk_protocol));
         if protocol != IPPROTO_TCP as u16 {
             return None;
         }
         let mut local = [0u8; 16];
         let mut remote = [0u8; 16];
         if family == AF_INET {
-            let l: [u8; 4] = read_k(sk, off!(sk_rcv_saddr))?;
-            let r: [u8; 4] = read_k(sk, off!(sk_daddr))?;
+            let l: [u8; 4] = read_k(sk, off!(sk_rcv_saddr));
+            let r: [u8; 4] = read_k(sk, off!(sk_daddr));
             local[10] = 0xff;
             local[11] = 0xff;
             remote[10] = 0xff;
@@ -980,13 +981,13 @@ mod programs {
             local[12..16].copy_from_slice(&l);
             remote[12..16].copy_from_slice(&r);
         } else if family == AF_INET6 {
-            local = read_k(sk, off!(sk_v6_rcv_saddr))?;
-            remote = read_k(sk, off!(sk_v6_daddr))?;
+            local = read_k(sk, off!(sk_v6_rcv_saddr));
+            remote = read_k(sk, off!(sk_v6_daddr));
         } else {
             return None;
         }
-        let lport: u16 = read_k(sk, off!(sk_num))?;
-        let rport: u16 = u16::from_be(read_k(sk, off!(sk_dport))?);
+        let lport: u16 = read_k(sk, off!(sk_num));
+        let rport: u16 = u16::from_be(read_k(sk, off!(sk_dport)));
         Some((local, lport, remote, rport))
     }
 
@@ -1089,7 +1090,7 @@ mod programs {
         if ret <= 0 {
             return None;
         }
-        let write_seq: u32 = read_k(tcp_sock(sk)?, off!(tp_write_seq))?;
+        let write_seq: u32 = read_k(tcp_sock(sk)?, off!(tp_write_seq));
         let len = ret as u32;
         only_if_sampled(&[Layer::SockSend], write_seq.wrapping_sub(len), len)?;
         let netns = sock_netns(sk)?;
@@ -1123,7 +1124,7 @@ mod programs {
     #[inline(always)]
     fn try_sock_queue(sk: u64) -> Option<()> {
         sock_ports_match(sk)?;
-        let nxt: u32 = read_k(tcp_sock(sk)?, off!(tp_rcv_nxt))?;
+        let nxt: u32 = read_k(tcp_sock(sk)?, off!(tp_rcv_nxt));
         // The bytes newly queued since the last wake-up are [previous rcv_nxt, rcv_nxt).
         // (`SkStorage`'s own accessors take a socket-address context; the helper is the same.)
         let tail = unsafe {
@@ -1180,7 +1181,7 @@ mod programs {
     #[inline(always)]
     fn try_sock_recv(sk: u64, len: u32) -> Option<()> {
         sock_ports_match(sk)?;
-        let copied: u32 = read_k(tcp_sock(sk)?, off!(tp_copied_seq))?;
+        let copied: u32 = read_k(tcp_sock(sk)?, off!(tp_copied_seq));
         only_if_sampled(&[Layer::SockRecv], copied.wrapping_sub(len), len)?;
         let ts = clock_ns();
         let netns = sock_netns(sk)?;

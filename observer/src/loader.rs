@@ -238,7 +238,14 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, name: &str, dir: TcAttachType) -> Res
 /// Attaches a cgroup_skb program (egress: tcp_send + ip_send; ingress: ip_recv) to the cgroup
 /// v2 root, where it sees every socket of the host.
 pub fn attach_cgroup(ebpf: &mut Ebpf, name: &str, dir: CgroupSkbAttachType) -> Result<()> {
-    let (f, root) = open_cgroup2()?;
+    // Opened once for both programs: inside `ip netns exec` opening it means a private mount
+    // namespace and a cgroup2 mount (~10 ms on the lab, a copy of every mount), not worth twice.
+    static ROOT: std::sync::OnceLock<std::result::Result<(std::fs::File, String), String>> =
+        std::sync::OnceLock::new();
+    let (f, root) = ROOT
+        .get_or_init(|| open_cgroup2().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let prog: &mut CgroupSkb = program(ebpf, name)?.try_into()?;
     if prog.fd().is_err() {
         prog.load()
@@ -246,7 +253,7 @@ pub fn attach_cgroup(ebpf: &mut Ebpf, name: &str, dir: CgroupSkbAttachType) -> R
     }
     // With bpf_link (kernel ≥ 5.7) cgroup attachments always coexist with others; the link API
     // rejects the legacy BPF_F_ALLOW_MULTI flag, so "Single" (no flag) is the right mode here.
-    prog.attach(&f, dir, CgroupAttachMode::Single)
+    prog.attach(f, dir, CgroupAttachMode::Single)
         .with_context(|| format!("failed to attach cgroup_skb {name} to {root}"))?;
     Ok(())
 }

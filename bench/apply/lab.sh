@@ -92,7 +92,8 @@ write_inventory() {
     echo "# Made by bench/apply/lab.sh up $n: $n metal hosts, one network namespace each."
     echo "all:"
     echo "  vars:"
-    echo "    ssh: {user: root, identity_file: $BENCH_DIR/id_ed25519, known_hosts_file: $BENCH_DIR/known_hosts}"
+    # Masters kept 60 s after each command, as Ansible's ControlPersist=60s (bench/apply/run.sh).
+    echo "    ssh: {user: root, identity_file: $BENCH_DIR/id_ed25519, known_hosts_file: $BENCH_DIR/known_hosts, control_persist: 60}"
     echo "    session:"
     echo "      sampling: {size: 65536, ports: [5201]}"
     echo "      store: sqlite://$BENCH_DIR/latplan.db"

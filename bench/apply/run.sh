@@ -2,7 +2,8 @@
 # Benchmark: `latplan apply` + `latplan teardown` wall time on N lab hosts, against Ansible doing
 # the same work (push the two binaries, verify their SHA-256, start them, stop them, remove them)
 # on the same hosts with its best settings (forks = N, pipelining, ControlPersist, no fact
-# gathering). Results go to stdout as a Markdown table; logs to $LATPLAN_STATE/bench-apply-logs.
+# gathering); latplan with ssh.control_persist (the same 60 s as Ansible's ControlPersist), so
+# each tool's teardown runs over the connections its apply opened. Results go to stdout as a Markdown table; logs to $LATPLAN_STATE/bench-apply-logs.
 #
 #   bench/apply/run.sh [N ...]            default: 8 16 32
 #   BENCH_DURATION=1 BENCH_REPEAT=1       session length (s) and runs per N (the median is shown).
@@ -49,6 +50,9 @@ lab() { "$here/lab.sh" "$@" >>"$LOGS/lab.log" 2>&1; }
 # latplan's SSH control directories go to a temporary directory of the benchmark's own (short:
 # socket paths are limited to 107 bytes), never near anyone else's.
 ltmp=$(mktemp -d)
+# The masters latplan keeps between its commands (ssh.control_persist in the benchmark's inventory,
+# as Ansible's ControlPersist) go under the benchmark's own state directory, never the user's.
+export LATPLAN_STATE_DIR=$ltmp/state
 trap 'lab down || true; rm -rf "$ltmp"' EXIT
 
 # Prefixes each line with the seconds since the command started (where the time goes). One

@@ -176,8 +176,12 @@ async fn connect(
     eprintln!("connecting to {} host(s)…", kernels.len());
     let started = std::time::Instant::now();
     let pool = Pool::connect(inv, &kernels, opts, &|_h: &str| {}).await;
+    let reused = match pool.reused() {
+        0 => String::new(),
+        n => format!(" ({n} over a connection kept from an earlier command)"),
+    };
     eprintln!(
-        "connected to {} of {} host(s) in {:.1} s",
+        "connected to {} of {} host(s) in {:.1} s{reused}",
         pool.connected.len(),
         kernels.len(),
         started.elapsed().as_secs_f64()

@@ -58,6 +58,10 @@ pub struct SshSettings {
     pub connect_timeout: u64,
     /// Seconds one remote command may take before the host is marked failed.
     pub command_timeout: u64,
+    /// Seconds the SSH master connection outlives the latplan command that opened it, idle, so
+    /// the next command reuses it (OpenSSH's ControlPersist); 0 (the default): it ends with the
+    /// command.
+    pub control_persist: u64,
 }
 
 pub const DEFAULT_INSTALL_DIR: &str = "/var/lib/latplan";

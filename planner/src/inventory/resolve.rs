@@ -53,6 +53,7 @@ struct RawSsh {
     accept_new_host_keys: Option<bool>,
     connect_timeout: Option<Spanned<u64>>,
     command_timeout: Option<Spanned<u64>>,
+    control_persist: Option<Spanned<u64>>,
 }
 
 /// Keys a container may not set itself: containers are never reached.
@@ -112,6 +113,7 @@ const SSH_KEYS: &[&str] = &[
     "accept_new_host_keys",
     "connect_timeout",
     "command_timeout",
+    "control_persist",
 ];
 
 fn ssh_key_hint(_key: &str) -> Option<String> {
@@ -358,6 +360,7 @@ fn default_ssh() -> SshSettings {
         accept_new_host_keys: false,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        control_persist: 0,
     }
 }
 
@@ -417,6 +420,7 @@ fn ssh_settings(src: &Sources, s: &RawSsh) -> Result<SshSettings> {
             .as_ref()
             .map(|t| **t)
             .unwrap_or(DEFAULT_COMMAND_TIMEOUT),
+        control_persist: s.control_persist.as_ref().map(|t| **t).unwrap_or(0),
     })
 }
 

@@ -143,6 +143,12 @@ fn inheritance_follows_the_documented_order() {
         ssh.connect_timeout, 7,
         "same depth: later name wins (zz over rack1)"
     );
+    assert_eq!(ssh.control_persist, 60, "set by the dc group");
+    let m2 = inv.hosts["m2"].ssh.as_ref().unwrap();
+    assert_eq!(
+        m2.control_persist, 0,
+        "masters end with the command by default"
+    );
     assert_eq!(m1.params["tier"], "rack1");
     assert_eq!(m1.params["team"], "net", "mappings merge deeply");
     assert_eq!(m1.groups, ["dc", "rack1", "zz"]);

@@ -7,6 +7,7 @@
 mod container;
 mod control_dir;
 mod local;
+mod persist;
 mod pool;
 pub mod shell;
 mod ssh;
@@ -123,6 +124,11 @@ impl TransportError {
 pub trait Transport: Send + Sync {
     /// The inventory name of the host this reaches.
     fn host(&self) -> &str;
+
+    /// Whether the connection was kept open by an earlier latplan command and is reused.
+    fn reused(&self) -> bool {
+        false
+    }
 
     /// Runs a script; a non-zero exit is returned in [`Output`], not as an error.
     async fn exec(&self, cmd: Cmd) -> Result<Output, TransportError>;

@@ -126,6 +126,11 @@ impl Pool {
         pool
     }
 
+    /// How many connections reuse a master kept by an earlier command (`ssh.control_persist`).
+    pub fn reused(&self) -> usize {
+        self.connected.values().filter(|t| t.reused()).count()
+    }
+
     /// Closes every connection (errors are ignored: we are done with the hosts).
     pub async fn close(&self) {
         let closes = self.connected.values().map(|t| t.close());

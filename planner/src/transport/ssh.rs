@@ -1,6 +1,7 @@
 //! SSH through the `openssh` crate: one ControlMaster connection per host, commands over its
 //! native multiplexing client (~3 ms per command on an open connection, TOOLCHAIN.md), so every
 //! step of a run reuses the one key exchange.
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,6 +10,7 @@ use async_trait::async_trait;
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::AsyncWriteExt;
 
+use super::persist;
 use super::shell::{quote, with_become};
 use super::{Cmd, Output, Spawned, Transport, TransportError, describe};
 use crate::inventory::{Host, SshSettings};
@@ -17,6 +19,10 @@ pub struct SshTransport {
     host: String,
     session: Mutex<Option<Arc<Session>>>,
     command_timeout: Duration,
+    /// The master is kept for later commands (`ssh.control_persist`): closing leaves it.
+    kept: bool,
+    /// The master was kept by an earlier command and is reused here.
+    reused: bool,
 }
 
 /// `~/x` → `$HOME/x`; ssh itself would expand it, but we pass paths as arguments.
@@ -73,10 +79,28 @@ impl SshTransport {
         let timeout = Duration::from_secs(ssh.connect_timeout);
         b.connect_timeout(timeout);
         b.server_alive_interval(Duration::from_secs(15));
-        b.control_directory(control_dir);
-        // No persistence of its own: `ssh -f` daemonizes the master, so its end is ours to make
-        // (ControlDir ends every master in `control_dir` on every way out of latplan).
-        b.control_persist(openssh::ControlPersist::ClosedAfterInitialConnection);
+        let kept = NonZeroUsize::new(usize::try_from(ssh.control_persist).unwrap_or(usize::MAX));
+        if let Some(idle) = kept {
+            let dir = persist::master_dir(&crate::session::state::root(), &dest, ssh)
+                .map_err(unreachable)?;
+            if let Some(session) = persist::reuse(&dir).await {
+                return Ok(SshTransport {
+                    host: host.name.clone(),
+                    session: Mutex::new(Some(Arc::new(session))),
+                    command_timeout: Duration::from_secs(ssh.command_timeout),
+                    kept: true,
+                    reused: true,
+                });
+            }
+            // ssh ends the master itself once it has been idle that long (persist.rs).
+            b.control_directory(&dir);
+            b.control_persist(openssh::ControlPersist::IdleFor(idle));
+        } else {
+            b.control_directory(control_dir);
+            // No persistence of its own: `ssh -f` daemonizes the master, so its end is ours to
+            // make (ControlDir ends every master in `control_dir` on every way out of latplan).
+            b.control_persist(openssh::ControlPersist::ClosedAfterInitialConnection);
+        }
         // ssh's own ConnectTimeout covers TCP; this covers a stalled key exchange or auth too.
         let session = match tokio::time::timeout(
             timeout + Duration::from_secs(5),
@@ -93,10 +117,20 @@ impl SshTransport {
             Ok(Err(e)) => return Err(unreachable(connect_reason(&e))),
             Ok(Ok(s)) => s,
         };
+        let session = if kept.is_some() {
+            // A resumed session never ends its master when dropped: the master is left to
+            // ControlPersist, for the commands after this one.
+            let (ctl, log) = session.detach();
+            Session::resume_mux(ctl, log)
+        } else {
+            session
+        };
         Ok(SshTransport {
             host: host.name.clone(),
             session: Mutex::new(Some(Arc::new(session))),
             command_timeout: Duration::from_secs(ssh.command_timeout),
+            kept: kept.is_some(),
+            reused: false,
         })
     }
 
@@ -215,8 +249,16 @@ impl Transport for SshTransport {
         })
     }
 
+    fn reused(&self) -> bool {
+        self.reused
+    }
+
     async fn close(&self) -> Result<(), TransportError> {
         let taken = self.session.lock().expect("ssh session lock").take();
+        if self.kept {
+            // Dropping a resumed session leaves its master running, as intended.
+            return Ok(());
+        }
         if let Some(s) = taken
             && let Ok(s) = Arc::try_unwrap(s)
         {

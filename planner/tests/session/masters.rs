@@ -96,3 +96,85 @@ fn an_apply_stopped_by_sigterm_before_its_session_leaves_no_master_and_no_contro
     assert!(t.status.success(), "{}", text(&t));
     assert_no_masters(tmp.path(), "after teardown");
 }
+
+/// The lab inventory with `ssh.control_persist: secs` for every host, written into `dir`.
+fn inventory_keeping_masters(lab_inv: &str, secs: u64, dir: &Path) -> String {
+    let hosts = std::fs::read_to_string(Path::new(lab_inv).join("hosts.yaml")).unwrap();
+    let anchor = "      known_hosts_file: /var/lib/latplan-ci/lab/known_hosts\n";
+    assert!(
+        hosts.contains(anchor),
+        "the lab inventory's ssh settings moved"
+    );
+    let kept = hosts.replacen(
+        anchor,
+        &format!("{anchor}      control_persist: {secs}\n"),
+        1,
+    );
+    std::fs::write(dir.join("hosts.yaml"), kept).unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+/// PIDs of the processes whose command line names a path under `dir`.
+fn pids_naming(dir: &Path) -> Vec<String> {
+    let mut pids: Vec<String> = naming(dir)
+        .into_iter()
+        .map(|p| p.split(':').next().unwrap().to_string())
+        .collect();
+    pids.sort();
+    pids
+}
+
+#[test]
+fn kept_masters_serve_the_next_command_and_end_on_their_own_once_idle() {
+    let f = Fresh::take();
+    let (tmp, state, inv_dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let idle = 4;
+    let inv = inventory_keeping_masters(&f.inv, idle, inv_dir.path());
+    let run = |args: &[&str]| {
+        Command::new(LATPLAN)
+            .args(args)
+            .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
+            .env("TMPDIR", tmp.path())
+            .env("LATPLAN_STATE_DIR", state.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run latplan")
+    };
+
+    let check = run(&["check", &inv]);
+    assert!(check.status.success(), "{}", text(&check));
+    let kept = pids_naming(state.path());
+    // metal1, metal2, vm1, vm2: the containers are reached through their parents.
+    assert_eq!(kept.len(), 4, "one master kept per kernel host: {kept:?}");
+    assert_no_masters(tmp.path(), "after check with kept masters");
+
+    let t0 = Instant::now();
+    let teardown = run(&["teardown", &inv]);
+    let took = t0.elapsed();
+    assert!(teardown.status.success(), "{}", text(&teardown));
+    assert_eq!(
+        pids_naming(state.path()),
+        kept,
+        "teardown ran over the kept masters, starting none of its own"
+    );
+    eprintln!("teardown over kept masters: {:.2} s", took.as_secs_f64());
+
+    // Idle for `idle` s, ssh ends each master itself and removes its socket.
+    wait_until(
+        Duration::from_secs(idle + 20),
+        "the kept masters end once idle",
+        || pids_naming(state.path()).is_empty(),
+    );
+    let sockets: Vec<_> = std::fs::read_dir(state.path().join("ssh"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .map(|d| d.path().join("master"))
+        .filter(|s| s.exists())
+        .collect();
+    assert!(sockets.is_empty(), "sockets left: {sockets:?}");
+}

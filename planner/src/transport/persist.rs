@@ -101,7 +101,12 @@ fn private_dir(dir: &Path) -> Result<(), String> {
 
 /// A live master kept in `dir`, if there is one. Directories of masters that are gone (their
 /// socket removed by ssh at exit, or no longer answering) are removed on the way.
-pub async fn reuse(dir: &Path) -> Option<Session> {
+///
+/// A master answers its alive check by itself, even when its host is gone (ServerAlive takes up
+/// to 45 s to notice), so a master is taken only once a command through it (`true`) came back
+/// within `answer_within`: one round trip, instead of a first step that hangs until its
+/// command timeout.
+pub async fn reuse(dir: &Path, answer_within: Duration) -> Option<Session> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .flatten()
@@ -115,16 +120,31 @@ pub async fn reuse(dir: &Path) -> Option<Session> {
         if ctl.exists() {
             let log = sub.join("log");
             let session = Session::resume_mux(ctl.into(), Some(log.into()));
-            if let Ok(Ok(())) = tokio::time::timeout(CHECK_TIMEOUT, session.check()).await {
+            if let Ok(Ok(())) = tokio::time::timeout(CHECK_TIMEOUT, session.check()).await
+                && host_answers(&session, answer_within).await
+            {
                 return Some(session);
             }
-            // A socket nobody answers on: its master is gone or hung; either way not ours to use.
+            // A socket nobody answers on, or a master whose host does not: gone or hung, either
+            // way not one to use again (ServerAlive or ControlPersist ends it).
             let _ = std::fs::remove_dir_all(&sub);
         } else if modified(&sub).elapsed().unwrap_or_default() > STALE_AFTER {
             let _ = std::fs::remove_dir_all(&sub);
         }
     }
     None
+}
+
+async fn host_answers(session: &Session, within: Duration) -> bool {
+    let mut true_cmd = session.raw_command("true");
+    true_cmd
+        .stdin(openssh::Stdio::null())
+        .stdout(openssh::Stdio::null())
+        .stderr(openssh::Stdio::null());
+    matches!(
+        tokio::time::timeout(within, true_cmd.status()).await,
+        Ok(Ok(status)) if status.success()
+    )
 }
 
 fn modified(p: &Path) -> SystemTime {
@@ -213,7 +233,7 @@ mod tests {
         // A directory a master is still being started in (no socket yet, just made).
         let starting = tmp.path().join(".ssh-connectionBBBBBB");
         std::fs::create_dir(&starting).unwrap();
-        assert!(reuse(tmp.path()).await.is_none());
+        assert!(reuse(tmp.path(), Duration::from_secs(1)).await.is_none());
         assert!(!dead.exists(), "the dead master's directory is removed");
         assert!(starting.exists(), "a master being started is left alone");
     }

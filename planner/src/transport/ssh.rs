@@ -83,7 +83,7 @@ impl SshTransport {
         if let Some(idle) = kept {
             let dir = persist::master_dir(&crate::session::state::root(), &dest, ssh)
                 .map_err(unreachable)?;
-            if let Some(session) = persist::reuse(&dir).await {
+            if let Some(session) = persist::reuse(&dir, timeout).await {
                 return Ok(SshTransport {
                     host: host.name.clone(),
                     session: Mutex::new(Some(Arc::new(session))),

@@ -97,21 +97,33 @@ fn an_apply_stopped_by_sigterm_before_its_session_leaves_no_master_and_no_contro
     assert_no_masters(tmp.path(), "after teardown");
 }
 
-/// The lab inventory with `ssh.control_persist: secs` for every host, written into `dir`.
-fn inventory_keeping_masters(lab_inv: &str, secs: u64, dir: &Path) -> String {
+/// The lab inventory with more `ssh` settings for every host (`control_persist`, …), written
+/// into `dir`.
+fn inventory_with_ssh(lab_inv: &str, settings: &[(&str, u64)], dir: &Path) -> String {
     let hosts = std::fs::read_to_string(Path::new(lab_inv).join("hosts.yaml")).unwrap();
     let anchor = "      known_hosts_file: /var/lib/latplan-ci/lab/known_hosts\n";
     assert!(
         hosts.contains(anchor),
         "the lab inventory's ssh settings moved"
     );
-    let kept = hosts.replacen(
-        anchor,
-        &format!("{anchor}      control_persist: {secs}\n"),
-        1,
-    );
-    std::fs::write(dir.join("hosts.yaml"), kept).unwrap();
+    let mut added = anchor.to_string();
+    for (key, value) in settings {
+        added.push_str(&format!("      {key}: {value}\n"));
+    }
+    std::fs::write(dir.join("hosts.yaml"), hosts.replacen(anchor, &added, 1)).unwrap();
     dir.to_str().unwrap().to_string()
+}
+
+/// `latplan ARGS` with `tmp` as its temporary directory and `state` as its state directory.
+fn latplan_with_state(tmp: &Path, state: &Path, args: &[&str]) -> Output {
+    Command::new(LATPLAN)
+        .args(args)
+        .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
+        .env("TMPDIR", tmp)
+        .env("LATPLAN_STATE_DIR", state)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run latplan")
 }
 
 /// PIDs of the processes whose command line names a path under `dir`.
@@ -133,17 +145,8 @@ fn kept_masters_serve_the_next_command_and_end_on_their_own_once_idle() {
         tempfile::tempdir().unwrap(),
     );
     let idle = 4;
-    let inv = inventory_keeping_masters(&f.inv, idle, inv_dir.path());
-    let run = |args: &[&str]| {
-        Command::new(LATPLAN)
-            .args(args)
-            .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
-            .env("TMPDIR", tmp.path())
-            .env("LATPLAN_STATE_DIR", state.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run latplan")
-    };
+    let inv = inventory_with_ssh(&f.inv, &[("control_persist", idle)], inv_dir.path());
+    let run = |args: &[&str]| latplan_with_state(tmp.path(), state.path(), args);
 
     let check = run(&["check", &inv]);
     assert!(check.status.success(), "{}", text(&check));
@@ -177,4 +180,103 @@ fn kept_masters_serve_the_next_command_and_end_on_their_own_once_idle() {
         .filter(|s| s.exists())
         .collect();
     assert!(sockets.is_empty(), "sockets left: {sockets:?}");
+}
+
+/// The sshd processes serving connections in the lab host `netns` (not its listener).
+fn sshd_sessions(netns: &str) -> Vec<libc::pid_t> {
+    let pids = Command::new("ip")
+        .args(["netns", "pids", netns])
+        .output()
+        .expect("ip netns pids");
+    String::from_utf8_lossy(&pids.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<libc::pid_t>().ok())
+        .filter(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.starts_with("sshd: ") && !cmd.contains("[listener]")
+        })
+        .collect()
+}
+
+/// Processes stopped with SIGSTOP, continued when dropped (a failed assertion included).
+struct Frozen(Vec<libc::pid_t>);
+
+impl Frozen {
+    fn stop(pids: Vec<libc::pid_t>) -> Frozen {
+        for &p in &pids {
+            // SAFETY: kill(2) on the lab's own sshd session processes, found just before.
+            unsafe { libc::kill(p, libc::SIGSTOP) };
+        }
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &p in &self.0 {
+            // SAFETY: as in stop.
+            unsafe { libc::kill(p, libc::SIGCONT) };
+        }
+    }
+}
+
+#[test]
+fn a_kept_master_whose_host_stopped_answering_is_replaced_by_a_fresh_connection() {
+    let f = Fresh::take();
+    let (tmp, state, inv_dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (idle, answer_within) = (6, 3);
+    let inv = inventory_with_ssh(
+        &f.inv,
+        &[
+            ("control_persist", idle),
+            ("connect_timeout", answer_within),
+        ],
+        inv_dir.path(),
+    );
+    let run = |args: &[&str]| latplan_with_state(tmp.path(), state.path(), args);
+    let first = run(&["check", &inv]);
+    assert!(first.status.success(), "{}", text(&first));
+    let kept = pids_naming(state.path());
+    assert_eq!(kept.len(), 4, "{kept:?}");
+
+    // metal1's side of its kept connection stops answering, its TCP connection still open: the
+    // master itself still answers its alive check, as it would for a host that went away.
+    let sessions = sshd_sessions("lp-metal1");
+    assert!(
+        !sessions.is_empty(),
+        "no sshd session serves the kept master in lp-metal1"
+    );
+    let frozen = Frozen::stop(sessions);
+    let t0 = Instant::now();
+    let second = run(&["check", &inv]);
+    let took = t0.elapsed();
+    drop(frozen);
+    assert!(second.status.success(), "{}", text(&second));
+    // One command refused within connect_timeout, then a fresh connection; never the host's
+    // command timeout (120 s).
+    assert!(
+        took < Duration::from_secs(answer_within + 10),
+        "check took {took:?} with metal1's kept master unanswered"
+    );
+    let now = pids_naming(state.path());
+    let reused = kept.iter().filter(|p| now.contains(p)).count();
+    let fresh = now.iter().filter(|p| !kept.contains(p)).count();
+    assert!(
+        reused >= 3 && fresh == 1,
+        "the other three masters reused and one fresh for metal1: kept {kept:?}, now {now:?}"
+    );
+    eprintln!(
+        "check with metal1's kept master unanswered: {:.1} s",
+        took.as_secs_f64()
+    );
+    wait_until(
+        Duration::from_secs(idle + 30),
+        "every master, the abandoned one too, ends once idle",
+        || pids_naming(state.path()).is_empty(),
+    );
 }

@@ -1,6 +1,6 @@
 //! SSH masters kept between latplan commands (`ssh.control_persist`), as Ansible keeps its
-//! own (ControlPersist): `apply --detach`, `status`, `stop` and `teardown` then reuse the key
-//! exchange of the command before them instead of making their own.
+//! own (ControlPersist): `check`, `plan`, `apply` and `teardown` then reuse the key exchange of
+//! the command before them instead of making their own.
 //!
 //! Such a master is not the command's: it is started with `ControlPersist=Ns`, so ssh itself ends
 //! it once it has been idle that long (and ServerAliveInterval ends it when its host is gone).

@@ -97,33 +97,58 @@ fn an_apply_stopped_by_sigterm_before_its_session_leaves_no_master_and_no_contro
     assert_no_masters(tmp.path(), "after teardown");
 }
 
-/// The lab inventory with more `ssh` settings for every host (`control_persist`, …), written
-/// into `dir`.
-fn inventory_with_ssh(lab_inv: &str, settings: &[(&str, u64)], dir: &Path) -> String {
-    let hosts = std::fs::read_to_string(Path::new(lab_inv).join("hosts.yaml")).unwrap();
-    let anchor = "      known_hosts_file: /var/lib/latplan-ci/lab/known_hosts\n";
-    assert!(
-        hosts.contains(anchor),
-        "the lab inventory's ssh settings moved"
-    );
-    let mut added = anchor.to_string();
-    for (key, value) in settings {
-        added.push_str(&format!("      {key}: {value}\n"));
-    }
-    std::fs::write(dir.join("hosts.yaml"), hosts.replacen(anchor, &added, 1)).unwrap();
-    dir.to_str().unwrap().to_string()
+/// latplan on the lab with more `ssh` settings for every host (`control_persist`, …): the
+/// inventory rewritten into a scratch directory, and a temporary and a state directory of its
+/// own, so the masters it keeps are the processes naming `state`.
+struct KeptLab {
+    tmp: tempfile::TempDir,
+    state: tempfile::TempDir,
+    _inv_dir: tempfile::TempDir,
+    inv: String,
 }
 
-/// `latplan ARGS` with `tmp` as its temporary directory and `state` as its state directory.
-fn latplan_with_state(tmp: &Path, state: &Path, args: &[&str]) -> Output {
-    Command::new(LATPLAN)
-        .args(args)
-        .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
-        .env("TMPDIR", tmp)
-        .env("LATPLAN_STATE_DIR", state)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run latplan")
+impl KeptLab {
+    fn new(lab_inv: &str, settings: &[(&str, u64)]) -> KeptLab {
+        let hosts = std::fs::read_to_string(Path::new(lab_inv).join("hosts.yaml")).unwrap();
+        let anchor = "      known_hosts_file: /var/lib/latplan-ci/lab/known_hosts\n";
+        assert!(
+            hosts.contains(anchor),
+            "the lab inventory's ssh settings moved"
+        );
+        let mut added = anchor.to_string();
+        for (key, value) in settings {
+            added.push_str(&format!("      {key}: {value}\n"));
+        }
+        let inv_dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            inv_dir.path().join("hosts.yaml"),
+            hosts.replacen(anchor, &added, 1),
+        )
+        .unwrap();
+        KeptLab {
+            tmp: tempfile::tempdir().unwrap(),
+            state: tempfile::tempdir().unwrap(),
+            inv: inv_dir.path().to_str().unwrap().to_string(),
+            _inv_dir: inv_dir,
+        }
+    }
+
+    /// `latplan COMMAND INVENTORY`.
+    fn run(&self, command: &str) -> Output {
+        Command::new(LATPLAN)
+            .args([command, self.inv.as_str()])
+            .env("LATPLAN_ARTIFACTS", testlab::artifacts_dir())
+            .env("TMPDIR", self.tmp.path())
+            .env("LATPLAN_STATE_DIR", self.state.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run latplan")
+    }
+
+    /// PIDs of the masters kept in the state directory.
+    fn masters(&self) -> Vec<String> {
+        pids_naming(self.state.path())
+    }
 }
 
 /// PIDs of the processes whose command line names a path under `dir`.
@@ -139,28 +164,22 @@ fn pids_naming(dir: &Path) -> Vec<String> {
 #[test]
 fn kept_masters_serve_the_next_command_and_end_on_their_own_once_idle() {
     let f = Fresh::take();
-    let (tmp, state, inv_dir) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
     let idle = 4;
-    let inv = inventory_with_ssh(&f.inv, &[("control_persist", idle)], inv_dir.path());
-    let run = |args: &[&str]| latplan_with_state(tmp.path(), state.path(), args);
+    let lab = KeptLab::new(&f.inv, &[("control_persist", idle)]);
 
-    let check = run(&["check", &inv]);
+    let check = lab.run("check");
     assert!(check.status.success(), "{}", text(&check));
-    let kept = pids_naming(state.path());
+    let kept = lab.masters();
     // metal1, metal2, vm1, vm2: the containers are reached through their parents.
     assert_eq!(kept.len(), 4, "one master kept per kernel host: {kept:?}");
-    assert_no_masters(tmp.path(), "after check with kept masters");
+    assert_no_masters(lab.tmp.path(), "after check with kept masters");
 
     let t0 = Instant::now();
-    let teardown = run(&["teardown", &inv]);
+    let teardown = lab.run("teardown");
     let took = t0.elapsed();
     assert!(teardown.status.success(), "{}", text(&teardown));
     assert_eq!(
-        pids_naming(state.path()),
+        lab.masters(),
         kept,
         "teardown ran over the kept masters, starting none of its own"
     );
@@ -170,9 +189,9 @@ fn kept_masters_serve_the_next_command_and_end_on_their_own_once_idle() {
     wait_until(
         Duration::from_secs(idle + 20),
         "the kept masters end once idle",
-        || pids_naming(state.path()).is_empty(),
+        || lab.masters().is_empty(),
     );
-    let sockets: Vec<_> = std::fs::read_dir(state.path().join("ssh"))
+    let sockets: Vec<_> = std::fs::read_dir(lab.state.path().join("ssh"))
         .unwrap()
         .flatten()
         .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
@@ -224,24 +243,17 @@ impl Drop for Frozen {
 #[test]
 fn a_kept_master_whose_host_stopped_answering_is_replaced_by_a_fresh_connection() {
     let f = Fresh::take();
-    let (tmp, state, inv_dir) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
     let (idle, answer_within) = (6, 3);
-    let inv = inventory_with_ssh(
+    let lab = KeptLab::new(
         &f.inv,
         &[
             ("control_persist", idle),
             ("connect_timeout", answer_within),
         ],
-        inv_dir.path(),
     );
-    let run = |args: &[&str]| latplan_with_state(tmp.path(), state.path(), args);
-    let first = run(&["check", &inv]);
+    let first = lab.run("check");
     assert!(first.status.success(), "{}", text(&first));
-    let kept = pids_naming(state.path());
+    let kept = lab.masters();
     assert_eq!(kept.len(), 4, "{kept:?}");
 
     // metal1's side of its kept connection stops answering, its TCP connection still open: the
@@ -253,7 +265,7 @@ fn a_kept_master_whose_host_stopped_answering_is_replaced_by_a_fresh_connection(
     );
     let frozen = Frozen::stop(sessions);
     let t0 = Instant::now();
-    let second = run(&["check", &inv]);
+    let second = lab.run("check");
     let took = t0.elapsed();
     drop(frozen);
     assert!(second.status.success(), "{}", text(&second));
@@ -263,7 +275,7 @@ fn a_kept_master_whose_host_stopped_answering_is_replaced_by_a_fresh_connection(
         took < Duration::from_secs(answer_within + 10),
         "check took {took:?} with metal1's kept master unanswered"
     );
-    let now = pids_naming(state.path());
+    let now = lab.masters();
     let reused = kept.iter().filter(|p| now.contains(p)).count();
     let fresh = now.iter().filter(|p| !kept.contains(p)).count();
     assert!(
@@ -277,6 +289,6 @@ fn a_kept_master_whose_host_stopped_answering_is_replaced_by_a_fresh_connection(
     wait_until(
         Duration::from_secs(idle + 30),
         "every master, the abandoned one too, ends once idle",
-        || pids_naming(state.path()).is_empty(),
+        || lab.masters().is_empty(),
     );
 }

@@ -84,13 +84,7 @@ impl SshTransport {
             let dir = persist::master_dir(&crate::session::state::root(), &dest, ssh)
                 .map_err(unreachable)?;
             if let Some(session) = persist::reuse(&dir, timeout).await {
-                return Ok(SshTransport {
-                    host: host.name.clone(),
-                    session: Mutex::new(Some(Arc::new(session))),
-                    command_timeout: Duration::from_secs(ssh.command_timeout),
-                    kept: true,
-                    reused: true,
-                });
+                return Ok(Self::over(host, ssh, session, true, true));
             }
             // ssh ends the master itself once it has been idle that long (persist.rs).
             b.control_directory(&dir);
@@ -125,13 +119,17 @@ impl SshTransport {
         } else {
             session
         };
-        Ok(SshTransport {
+        Ok(Self::over(host, ssh, session, kept.is_some(), false))
+    }
+
+    fn over(host: &Host, ssh: &SshSettings, session: Session, kept: bool, reused: bool) -> Self {
+        SshTransport {
             host: host.name.clone(),
             session: Mutex::new(Some(Arc::new(session))),
             command_timeout: Duration::from_secs(ssh.command_timeout),
-            kept: kept.is_some(),
-            reused: false,
-        })
+            kept,
+            reused,
+        }
     }
 
     fn session(&self) -> Option<Arc<Session>> {

@@ -1,6 +1,6 @@
 // Shared by observer/build.rs and timesync/build.rs (`include!`d there): builds the kernel
 // programs of `observer-ebpf` with the nightly toolchain and bpf-linker into `OUT_DIR`, where the
-// binaries embed them, then drops the objects' DWARF. See docs/build.md.
+// binaries embed them, then drops the DWARF of the object this binary embeds. See docs/build.md.
 //
 // The loader reads the objects' BTF (`.BTF`, `.BTF.ext`: types, and line info for verifier
 // logs), never their DWARF; bpf-linker needs the debug info to make that BTF and leaves the
@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use aya_build::{Package, Toolchain};
 
-fn build_kernel_programs() -> anyhow::Result<()> {
+/// Builds the crate and strips `embedded`, the object this binary includes.
+fn build_kernel_programs(embedded: &str) -> anyhow::Result<()> {
     // Read at run time, not with env!(): worktrees sharing one target dir share this compiled
     // build script (cargo hashes workspace members by relative path), and a compiled-in path
     // would build another worktree's eBPF sources.
@@ -26,11 +27,7 @@ fn build_kernel_programs() -> anyhow::Result<()> {
         }],
         Toolchain::Custom("nightly"),
     )?;
-    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    for object in ["observer", "timesync"] {
-        strip_dwarf(&out_dir.join(object))?;
-    }
-    Ok(())
+    strip_dwarf(&PathBuf::from(std::env::var("OUT_DIR")?).join(embedded))
 }
 
 /// Removes the `.debug_*` sections and their relocation sections from an eBPF object, written

@@ -2,5 +2,5 @@
 include!("../observer-ebpf/embed.rs");
 
 fn main() -> anyhow::Result<()> {
-    build_kernel_programs()
+    build_kernel_programs("observer")
 }

@@ -87,8 +87,13 @@ pub struct DomainStatus {
     pub sent: u64,
     /// Replies matched to a probe and used.
     pub replies: u64,
-    /// Probes without a reply within the loss timeout.
+    /// Probes without a reply within the loss timeout, sent after the domain first answered.
     pub lost: u64,
+    /// Probes without a reply sent before the domain's first answered probe: the reflector may
+    /// not have been running yet (a manager starts its prober before the reflectors), so they
+    /// are not counted as lost, nor in `recent_loss`.
+    #[serde(default)]
+    pub unanswered_before_first_reply: u64,
     /// Second and later replies to one probe.
     pub duplicates: u64,
     /// Replies after their probe was counted lost.

@@ -81,6 +81,9 @@ struct Domain {
     /// When this domain is fitted (and checked for silence) next.
     next_fit_ns: u64,
     first_reply_ns: Option<u64>,
+    /// Id of the first probe this domain answered (ids grow with every probe sent): unanswered
+    /// probes sent before it are not losses, they may predate the reflector.
+    first_answered_id: Option<u64>,
     last_reply_ns: Option<u64>,
     /// (when, replied?) over the fit window, for the recent loss ratio.
     outcomes: VecDeque<(u64, bool)>,
@@ -272,6 +275,7 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
                 sent: 0,
                 replies: 0,
                 lost: 0,
+                unanswered_before_first_reply: 0,
                 duplicates: 0,
                 late: 0,
                 unstamped: 0,
@@ -284,6 +288,7 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
             next_send_ns: start + interval_ns * i as u64 / opts.targets.len() as u64,
             next_fit_ns: start + opts.fit_interval.as_nanos() as u64,
             first_reply_ns: None,
+            first_answered_id: None,
             last_reply_ns: None,
             outcomes: VecDeque::new(),
         })
@@ -339,8 +344,13 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
 
         // Probes without a reply in time are lost; their departure stamps are dropped.
         for (id, di) in matcher.expire(now) {
-            domains[di].status.lost += 1;
-            domains[di].record(now, false, window_ns);
+            let d = &mut domains[di];
+            if d.first_answered_id.is_some_and(|first| id > first) {
+                d.status.lost += 1;
+                d.record(now, false, window_ns);
+            } else {
+                d.status.unanswered_before_first_reply += 1;
+            }
             let _ = hooks.tx.remove(&id);
         }
 
@@ -457,6 +467,8 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
             }
         };
         let d = &mut domains[di];
+        // Replies may come out of order: the first answered probe is the earliest one answered.
+        d.first_answered_id = Some(d.first_answered_id.map_or(id, |first| first.min(id)));
         if d.first_reply_ns.is_none() {
             d.first_reply_ns = Some(now);
             d.next_fit_ns = d

@@ -31,9 +31,11 @@ use crate::session::{self, Layout};
 use crate::store::{HostRecord, Store};
 use crate::tasks::artifacts::{Artifact, Artifacts, OBSERVER, TIMESYNC};
 use crate::transport::{Pool, Transport};
+use probing::Probing;
 
 mod attach;
 mod detach;
+mod probing;
 pub(super) mod resume;
 
 #[derive(Debug, clap::Args)]
@@ -125,11 +127,18 @@ impl Args {
         let ran = super::block_on_hosts(|interrupts| async move {
             let recap = recap_now;
             let pool = connect(inv, opts, recap).await;
+            // The prober attaches its hooks while facts and pushes run (apply/probing.rs).
+            let probing = if args.check {
+                None
+            } else {
+                let connected: Vec<String> = pool.connected.keys().cloned().collect();
+                Some(Probing::start(inv, artifacts, &connected)?)
+            };
             let facts = converge_all(inv, &pool, artifacts, args.check, opts.forks, recap).await;
-            if args.check {
+            let Some(probing) = probing else {
                 pool.close().await;
                 return Ok(false);
-            }
+            };
             enforce_fail_limit(recap, inv, args.max_fail_percent)?;
             let hosts = Hosts {
                 inv,
@@ -137,7 +146,7 @@ impl Args {
                 facts: &facts,
                 interrupts: &interrupts,
             };
-            let r = run_session(args, hosts, artifacts, store_url, session, recap).await;
+            let r = run_session(args, hosts, probing, artifacts, store_url, session, recap).await;
             pool.close().await;
             r.map(|()| true)
         });
@@ -299,6 +308,7 @@ struct Hosts<'a> {
 async fn run_session(
     args: &Args,
     hosts: Hosts<'_>,
+    probing: Probing,
     artifacts: &[Artifact],
     store_url: &str,
     session: &str,
@@ -337,31 +347,15 @@ async fn run_session(
     // is within the bound. It needs only the reflectors and the prober, so on the SSH bus it
     // runs while the observers start and load their programs (one after the other, reflectors
     // + sync and the observers' load took 1.5–2.7 s and 1.1–4.6 s on 8–32 hosts). The prober
-    // starts at once, towards every domain: probes sent before a reflector is up go unanswered.
+    // has been probing every domain since the hosts were connected (apply/probing.rs).
     let live: Vec<String> = recap
         .healthy()
         .filter(|h| facts.contains_key(*h))
         .map(str::to_string)
         .collect();
     let domains = session::domains(inv, &live);
-    let token = session::new_token();
+    let Probing { prober, token, .. } = probing.towards(inv, artifacts, &domains).await?;
     let port = inv.session.timesync.port;
-    let targets: Vec<(String, String)> = domains
-        .iter()
-        .map(|d| (d.name.clone(), d.address.clone()))
-        .collect();
-    let timesync = &artifacts
-        .iter()
-        .find(|a| a.name == TIMESYNC)
-        .expect("loaded")
-        .path;
-    let prober = Prober::start(
-        timesync,
-        &targets,
-        &token,
-        inv.session.timesync.rate_hz,
-        port,
-    )?;
     let bound_ns = inv.session.timesync.sync_bound_us as f64 * 1e3;
     // The manager's address toward each domain, looked up before the gate runs, so that the
     // gate's first step is asking the hosts for their reflectors.

@@ -262,3 +262,49 @@ fn a_domain_without_reflector_is_reported_and_the_others_keep_syncing() {
     assert_eq!(st("vm2").replies, 0);
     assert!(st("metal2").replies > 0);
 }
+
+/// `latplan apply` starts its prober while it still pushes the binaries, before any reflector
+/// runs: the probes sent until the reflector answers are no loss, and the first fit comes as
+/// soon after the reflector's start as when it answered from the start.
+#[test]
+fn a_prober_started_before_the_reflector_counts_no_loss_and_fits_soon_after_it_answers() {
+    let _lab = lab();
+    let token = token();
+    let prober = Prober::start(&token, &["metal2=10.77.0.12"], 5.0, &[]);
+    // Long enough for probes to pass the 1 s loss timeout unanswered.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let reflector = Reflector::start("lp-metal2", "mgmt0", &token, &["--mode", "native"]);
+    let answering_ns = support::monotonic_ns();
+    let run = prober.finish();
+    drop(reflector);
+    let fits = run.fits("metal2");
+    let first = fits.first().expect("no fit once the reflector answered");
+    let after_s = first.emitted_ns.saturating_sub(answering_ns) as f64 / 1e9;
+    // The same limit as for a reflector answering from the start (the first test).
+    assert!(
+        after_s < 0.8,
+        "first fit {after_s:.2} s after the reflector answered"
+    );
+    for f in &fits {
+        // One kernel: the true offset is zero.
+        assert!(
+            f.fit.offset_ns.abs() <= f.fit.error_bound_ns,
+            "offset {:.0} ns outside its bound {f:?}",
+            f.fit.offset_ns
+        );
+    }
+    let Some(Line::End(end)) = run.lines.last() else {
+        panic!("no end line")
+    };
+    let st = end.domains.iter().find(|s| s.domain == "metal2").unwrap();
+    assert_eq!(
+        st.lost, 0,
+        "probes sent before the reflector ran counted lost: {st:?}"
+    );
+    // 50 probes a second for 1.5 s, less those still within their loss timeout at the answer.
+    assert!(
+        st.unanswered_before_first_reply >= 20,
+        "unanswered probes before the first reply not counted: {st:?}"
+    );
+    assert_eq!(fits.last().unwrap().status.recent_loss, 0.0);
+}

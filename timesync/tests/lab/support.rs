@@ -134,31 +134,51 @@ impl Run {
 
 /// Runs `timesync probe` in the root namespace (the manager) for `secs` and parses its output.
 pub fn probe(token: &str, targets: &[&str], secs: f64, extra: &[&str]) -> Run {
-    let mut cmd = Command::new(bin());
-    cmd.args(["probe", "--token", token, "--duration", &secs.to_string()]);
-    for t in targets {
-        cmd.args(["--target", t]);
+    Prober::start(token, targets, secs, extra).finish()
+}
+
+/// A `timesync probe` running in the root namespace (the manager) for a fixed time.
+pub struct Prober(Child);
+
+impl Prober {
+    pub fn start(token: &str, targets: &[&str], secs: f64, extra: &[&str]) -> Prober {
+        let mut cmd = Command::new(bin());
+        cmd.args(["probe", "--token", token, "--duration", &secs.to_string()]);
+        for t in targets {
+            cmd.args(["--target", t]);
+        }
+        let child = cmd
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run timesync probe");
+        Prober(child)
     }
-    let o = cmd.args(extra).output().expect("run timesync probe");
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "timesync probe failed: {}\n{stdout}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let lines: Vec<Line> = stdout
-        .lines()
-        .map(|l| parse_line(l).unwrap_or_else(|e| panic!("bad output line {l:?}: {e}")))
-        .collect();
-    let start_ns = match lines.first() {
-        Some(Line::Start(s)) => s.start_ns,
-        other => panic!("the prober's first line is no start line: {other:?}"),
-    };
-    assert!(
-        matches!(lines.last(), Some(Line::End(_))),
-        "the prober did not end cleanly"
-    );
-    Run { lines, start_ns }
+
+    /// Waits for the prober's end and parses its output.
+    pub fn finish(self) -> Run {
+        let o = self.0.wait_with_output().expect("wait for timesync probe");
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "timesync probe failed: {}\n{stdout}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let lines: Vec<Line> = stdout
+            .lines()
+            .map(|l| parse_line(l).unwrap_or_else(|e| panic!("bad output line {l:?}: {e}")))
+            .collect();
+        let start_ns = match lines.first() {
+            Some(Line::Start(s)) => s.start_ns,
+            other => panic!("the prober's first line is no start line: {other:?}"),
+        };
+        assert!(
+            matches!(lines.last(), Some(Line::End(_))),
+            "the prober did not end cleanly"
+        );
+        Run { lines, start_ns }
+    }
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {

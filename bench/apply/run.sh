@@ -29,8 +29,10 @@ repeat=${BENCH_REPEAT:-1}
 target="${CARGO_TARGET_DIR:-$repo/target}"
 latplan=${LATPLAN_BIN:-$target/release/latplan}
 export LATPLAN_ARTIFACTS=${LATPLAN_ARTIFACTS:-$target/x86_64-unknown-linux-musl/release}
-for f in "$latplan" "$LATPLAN_ARTIFACTS/observer" "$LATPLAN_ARTIFACTS/timesync"; do
-  [ -x "$f" ] || die "$f is missing: cargo build --release -p planner; cargo build --release --target x86_64-unknown-linux-musl -p observer -p timesync"
+# The benchmark's sessions run on the SSH bus: latplan pushes observer-ssh (the observer without
+# its Redis sink) as bin/observer, and so does the Ansible play.
+for f in "$latplan" "$LATPLAN_ARTIFACTS/observer-ssh" "$LATPLAN_ARTIFACTS/timesync"; do
+  [ -x "$f" ] || die "$f is missing: cargo build --release -p planner; ci/build-static"
 done
 BENCH_DIR=$LATPLAN_STATE/bench-apply
 LOGS=$LATPLAN_STATE/bench-apply-logs
@@ -87,7 +89,7 @@ ansible_cmd() {
     "ANSIBLE_SSH_ARGS=-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=$BENCH_DIR/known_hosts -o StrictHostKeyChecking=yes" \
     "$venv/bin/ansible-playbook" -i "$BENCH_DIR/inventory/ansible.ini" "$here/$play" \
     -e "artifacts=$LATPLAN_ARTIFACTS" -e "duration=$duration" \
-    -e "observer_sha256=$(sha256sum "$LATPLAN_ARTIFACTS/observer" | cut -d' ' -f1)" \
+    -e "observer_sha256=$(sha256sum "$LATPLAN_ARTIFACTS/observer-ssh" | cut -d' ' -f1)" \
     -e "timesync_sha256=$(sha256sum "$LATPLAN_ARTIFACTS/timesync" | cut -d' ' -f1)")
 }
 

@@ -29,7 +29,7 @@ use crate::inventory::{Host, Inventory, Kind};
 use crate::session::state::{Resume, SessionDir};
 use crate::session::{self, Layout};
 use crate::store::{HostRecord, Store};
-use crate::tasks::artifacts::{Artifact, Artifacts, OBSERVER, TIMESYNC};
+use crate::tasks::artifacts::{Artifact, Artifacts};
 use crate::transport::{Pool, Transport};
 use probing::Probing;
 
@@ -111,7 +111,7 @@ impl Command for Args {
 impl Args {
     fn run_with(self, inv: Inventory) -> anyhow::Result<Outcome> {
         let dir = Artifacts::locate(self.connect.artifacts.as_deref());
-        let artifacts = vec![dir.load(OBSERVER)?, dir.load(TIMESYNC)?];
+        let artifacts = dir.for_session(&inv.session.bus)?;
         let store_url = self
             .store
             .clone()

@@ -61,7 +61,7 @@ impl Command for Args {
             .filter(|h| self.limit.is_empty() || self.limit.contains(&h.name))
             .collect();
         let observer = Artifacts::locate(self.connect.artifacts.as_deref())
-            .load(OBSERVER)
+            .load(OBSERVER, &inv.session.bus)
             .map_err(|e| format!("{e:#}"));
         let (opts, control_dir) = self.connect.options()?;
         let started = Instant::now();

@@ -71,7 +71,9 @@ impl Command for Args {
             .map(|n| {
                 (
                     n.to_string(),
-                    arts.load(n).map(|a| a.sha256).map_err(|e| format!("{e:#}")),
+                    arts.load(n, &inv.session.bus)
+                        .map(|a| a.sha256)
+                        .map_err(|e| format!("{e:#}")),
                 )
             })
             .collect();

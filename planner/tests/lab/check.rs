@@ -19,10 +19,11 @@ fn latplan(args: &[&str]) -> (i32, String, String) {
 }
 
 fn require_observer() {
-    let obs = testlab::artifacts_dir().join("observer");
+    // The lab's bus is SSH: check pushes the observer built without the Redis sink.
+    let obs = testlab::artifacts_dir().join("observer-ssh");
     assert!(
         obs.is_file(),
-        "{} is missing: build it with `cargo build --release --target x86_64-unknown-linux-musl -p observer` (check's attach tests run it)",
+        "{} is missing: build it with `ci/build-static` (check's attach tests run it)",
         obs.display()
     );
 }

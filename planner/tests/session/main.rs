@@ -27,6 +27,15 @@ fn install_dir(host: &str) -> PathBuf {
     testlab::state_dir().join("lab/hosts").join(host)
 }
 
+/// Every lab kernel host's `bin/observer` is the artifact `file` (observer or observer-ssh).
+fn assert_installed_observer_is(file: &str) {
+    let want = std::fs::read(testlab::artifacts_dir().join(file)).unwrap();
+    for h in ["metal1", "metal2", "vm1", "vm2"] {
+        let got = std::fs::read(install_dir(h).join("bin/observer")).unwrap();
+        assert!(got == want, "{h}: bin/observer is not the artifact {file}");
+    }
+}
+
 fn lab_traffic() -> PathBuf {
     let p = testlab::state_dir().join("lab/bin/lab-traffic");
     assert!(
@@ -185,6 +194,8 @@ fn apply_measures_every_segment_then_teardown_leaves_nothing() {
         out.contains("failed=0 unreachable=0"),
         "every host ran cleanly: {out}"
     );
+    // A session on the SSH bus pushes the observer built without the Redis sink.
+    assert_installed_observer_is("observer-ssh");
     // How long each phase took, for the user reading the output.
     for phase in [
         "connected to 4 of 4 host(s) in ",

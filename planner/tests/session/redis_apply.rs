@@ -155,6 +155,8 @@ fn apply_over_redis_into_mariadb_stores_every_record_the_observers_sent() {
     assert!(out.contains("failed=0 unreachable=0"), "{out}");
     assert!(out.contains("e2e ct1→vm2"), "the report is printed: {out}");
     assert_every_record_stored(&db, &pw, "redis-1", &redis, &out);
+    // The Redis bus needs the observer with its Redis sink.
+    super::assert_installed_observer_is("observer");
     let t = super::latplan(&["teardown", &f.inv]);
     assert!(t.status.success(), "{}", text(&t));
     super::assert_clean("after teardown");

@@ -214,6 +214,13 @@ mod programs {
         (off < len).then_some((first, off))
     }
 
+    /// Whether sequence number `a` comes before `b` in TCP's modulo-2^32 order (RFC 9293's
+    /// `SEG.SEQ < SND.NXT`): a segment starting before the next new byte is a retransmission.
+    #[inline(always)]
+    fn seq_before(a: u32, b: u32) -> bool {
+        (a.wrapping_sub(b) as i32) < 0
+    }
+
     /// Emits one record per sample point in `r` (at most MAX_POINTS_PER_RUN), counting as it goes.
     /// Every caller has applied the port filter already (it decides what counts as seen).
     ///
@@ -731,7 +738,7 @@ mod programs {
             return false;
         };
         let snd_nxt: u32 = read_k(tp, off!(tp_snd_nxt));
-        (seq.wrapping_sub(snd_nxt) as i32) < 0
+        seq_before(seq, snd_nxt)
     }
 
     /// A kernel struct field at `base + off`, where `base` is a BTF-typed pointer (a `tp_btf`
@@ -775,7 +782,7 @@ mod programs {
         let now = clock_ns();
         let skb = unsafe { &*ctx.skb.skb };
         let nxt: u32 = read_k(tp, off!(tp_snd_nxt));
-        let flags = if r.len > 0 && (r.seq.wrapping_sub(nxt) as i32) < 0 {
+        let flags = if r.len > 0 && seq_before(r.seq, nxt) {
             SAMPLE_FLAG_RETRANSMIT
         } else {
             0
@@ -947,7 +954,7 @@ mod programs {
         r.len = skb_len.saturating_sub(((doff >> 4) as u32) * 4);
         // A segment starting below rcv_nxt is (partly) a duplicate: flag it like a retransmission.
         let nxt: u32 = read_k(tcp_sock(sk)?, off!(tp_rcv_nxt));
-        let flags = if r.len > 0 && (r.seq.wrapping_sub(nxt) as i32) < 0 {
+        let flags = if r.len > 0 && seq_before(r.seq, nxt) {
             SAMPLE_FLAG_RETRANSMIT
         } else {
             0

@@ -103,6 +103,8 @@ pub struct SendOpts {
     pub align_writes: Option<u64>,
 }
 
+/// Connects, trying again within `timeout` while the listener is not up yet (refused) or an
+/// attempt timed out: on a lab link with loss set, a SYN and its retransmission can both be lost.
 fn connect_retrying(addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
     let start = Instant::now();
     loop {
@@ -110,7 +112,7 @@ fn connect_retrying(addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
             Ok(s) => return Ok(s),
             Err(e)
                 if start.elapsed() < timeout
-                    && matches!(e.kind(), ErrorKind::ConnectionRefused) =>
+                    && matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::TimedOut) =>
             {
                 std::thread::sleep(Duration::from_millis(50))
             }

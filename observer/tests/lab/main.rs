@@ -9,3 +9,4 @@ mod cleanup;
 mod containers;
 mod delays;
 mod ping;
+mod retransmit;

@@ -107,7 +107,7 @@ pub fn script(install_dir: &Path, interfaces: &[String]) -> String {
         .join(" ");
     format!(
         r#"export LC_ALL=C
-t="$(printf '\t')"
+{running}t="$(printf '\t')"
 echo "arch${{t}}$(uname -m)"
 echo "kernel${{t}}$(uname -r)"
 if [ -r /sys/kernel/btf/vmlinux ]; then echo "btf${{t}}1"; else echo "btf${{t}}0"; fi
@@ -123,7 +123,7 @@ echo "disk_free_kb${{t}}$(df -Pk -- "$P" | awk 'NR==2 {{print $4}}')"
 if [ -d "$D" ]; then find "$D" -xdev -type f -size -64M 2>/dev/null | while IFS= read -r f; do
   echo "file${{t}}$(sha256sum < "$f" | cut -d' ' -f1)${{t}}$f"; done; fi
 if [ -d "$D/run" ]; then for p in "$D"/run/*.pid; do [ -f "$p" ] || continue
-  n=$(basename "$p" .pid); pid=$(cat "$p"); if kill -0 "$pid" 2>/dev/null; then echo "pid${{t}}$n${{t}}$pid"; fi; done; fi
+  n=$(basename "$p" .pid); pid=$(cat "$p"); if running "$pid"; then echo "pid${{t}}$n${{t}}$pid"; fi; done; fi
 command -v ip >/dev/null 2>&1 && echo "tool${{t}}ip" 
 command -v bpftool >/dev/null 2>&1 && echo "tool${{t}}bpftool"
 for i in {ifaces}; do
@@ -136,7 +136,8 @@ for i in {ifaces}; do
   fi
 done
 exit 0
-"#
+"#,
+        running = crate::transport::shell::RUNNING_FN,
     )
 }
 

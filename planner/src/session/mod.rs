@@ -108,23 +108,24 @@ impl Layout {
     /// Safe to run twice and after a crash: each step tolerates what is already gone.
     pub fn teardown_command(&self) -> String {
         format!(
-            "d={dir}\n\
+            "{running}d={dir}\n\
              removed=''\n\
              for n in observer timesync; do\n\
              \x20 f=\"$d/run/$n.pid\"\n\
-             \x20 if [ -f \"$f\" ]; then p=$(cat \"$f\"); if kill -0 \"$p\" 2>/dev/null; then kill \"$p\"; removed=\"$removed process:$n($p)\"; fi; fi\n\
+             \x20 if [ -f \"$f\" ]; then p=$(cat \"$f\"); if running \"$p\"; then kill \"$p\"; removed=\"$removed process:$n($p)\"; fi; fi\n\
              done\n\
              for n in observer timesync; do\n\
              \x20 f=\"$d/run/$n.pid\"\n\
              \x20 [ -f \"$f\" ] || continue\n\
              \x20 p=$(cat \"$f\"); i=0\n\
-             \x20 while kill -0 \"$p\" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\n\
+             \x20 while running \"$p\" && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\n\
              \x20 kill -9 \"$p\" 2>/dev/null || true\n\
              done\n\
              if [ -x \"$d/bin/observer\" ]; then \"$d/bin/observer\" cleanup >&2 || true; fi\n\
              if [ -e \"$d\" ]; then rm -rf -- \"$d\"; removed=\"$removed dir:$d\"; fi\n\
              echo \"removed:$removed\"",
             dir = quote_path(&self.install_dir),
+            running = crate::transport::shell::RUNNING_FN,
         )
     }
 }
@@ -348,7 +349,7 @@ mod tests {
                 .contains("'/var/lib/latplan x/bin/observer' run")
         );
         let t = l.teardown_command();
-        assert!(t.starts_with("d='/var/lib/latplan x'"));
+        assert!(t.contains("\nd='/var/lib/latplan x'\n"));
         assert!(t.contains("rm -rf -- \"$d\""));
     }
 }

@@ -54,6 +54,12 @@ trap - EXIT"#
     )
 }
 
+/// A POSIX sh function, `running PID`: whether the process runs, i.e. exists and is no zombie.
+/// `kill -0` alone also succeeds on a zombie, and a daemonised observer's zombie lasts until
+/// init reaps it: about 2 s on the lab machine, never where PID 1 does not reap (some containers).
+pub const RUNNING_FN: &str =
+    "running() { kill -0 \"$1\" 2>/dev/null && ! grep -qs '^[0-9]* (.*) Z' \"/proc/$1/stat\"; }\n";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +89,34 @@ mod tests {
                 .unwrap();
             assert_eq!(String::from_utf8(out.stdout).unwrap(), s);
         }
+    }
+
+    #[test]
+    fn running_is_false_for_a_zombie_and_true_for_a_live_process() {
+        let running = |pid: u32| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("{RUNNING_FN}running {pid}"))
+                .status()
+                .unwrap()
+                .success()
+        };
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        // Exits at once and stays a zombie until waited for.
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let zpid = zombie.id();
+        let stat = || std::fs::read_to_string(format!("/proc/{zpid}/stat")).unwrap();
+        while !stat().contains(") Z") {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(running(live.id()), "a sleeping process runs");
+        assert!(!running(zpid), "a zombie does not run: {}", stat());
+        live.kill().unwrap();
+        live.wait().unwrap();
+        zombie.wait().unwrap();
+        assert!(!running(zpid), "a reaped process does not run");
     }
 }

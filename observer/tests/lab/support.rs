@@ -187,7 +187,7 @@ impl Recorded {
 }
 
 /// A TCP receiver (lab-traffic tcp-recv) in `netns`, listening on `addr`.
-pub fn tcp_recv(netns: &str, addr: &str, extra: &[&str]) -> Child {
+pub fn tcp_recv(netns: &str, addr: &str, extra: &[&str]) -> Receiver {
     let c = Command::new("ip")
         .args(["netns", "exec", netns])
         .arg(lab_traffic())
@@ -197,7 +197,21 @@ pub fn tcp_recv(netns: &str, addr: &str, extra: &[&str]) -> Child {
         .spawn()
         .expect("spawn tcp-recv");
     std::thread::sleep(Duration::from_millis(300));
-    c
+    Receiver(Some(c))
+}
+
+/// A running tcp-recv, killed when dropped unless [`wait_ok`] saw it finish: a test that fails
+/// before its sender connects would otherwise leave it listening for ever, holding the test
+/// run's output open (a pipeline reading that output then never ends).
+pub struct Receiver(Option<Child>);
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// Runs a TCP sender (lab-traffic tcp-send) to completion.
@@ -216,8 +230,12 @@ pub fn tcp_send(netns: &str, addr: &str, extra: &[&str]) {
     );
 }
 
-pub fn wait_ok(mut c: Child, what: &str) {
-    let st = c.wait().expect("wait");
+pub fn wait_ok(mut r: Receiver, what: &str) {
+    let st =
+        r.0.take()
+            .expect("not waited for yet")
+            .wait()
+            .expect("wait");
     assert!(st.success(), "{what} exited with {st}");
 }
 

@@ -128,18 +128,21 @@ impl Args {
             let recap = recap_now;
             let pool = connect(inv, opts, recap).await;
             // The prober attaches its hooks while facts and pushes run (apply/probing.rs).
-            let probing = if args.check {
+            let probing = if args.check || pool.connected.is_empty() {
                 None
             } else {
                 let connected: Vec<String> = pool.connected.keys().cloned().collect();
                 Some(Probing::start(inv, artifacts, &connected)?)
             };
             let facts = converge_all(inv, &pool, artifacts, args.check, opts.forks, recap).await;
-            let Some(probing) = probing else {
+            if args.check {
                 pool.close().await;
                 return Ok(false);
-            };
+            }
             enforce_fail_limit(recap, inv, args.max_fail_percent)?;
+            let Some(probing) = probing else {
+                bail!("no host is left to measure: none could be connected");
+            };
             let hosts = Hosts {
                 inv,
                 pool: &pool,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Observer overhead benchmarks on the lab (root, `ci/lab up`, static observer built):
-#   1. TCP bulk throughput with observers vs none, over the wan relay (metal1 -> metal2) and over
-#      a direct veth (metal1 -> its container ct1), default sampling (64 KiB, port filter);
+#   1. TCP bulk throughput with observers vs none through the lab, default sampling (64 KiB, port
+#      filter): metal1 -> metal2 over the lab bridge and over the wan relay, metal1 -> its
+#      container ct1 over their direct veth;
 #   2. 64-byte UDP flood pps (metal1 -> ct1) with every packet recorded (--sample-udp) vs none,
 #      with the observer's CPU % and records drained per second;
 #   3. the kernel time of each observer program (kernel.bpf_stats_enabled) during a TCP bulk
@@ -13,7 +14,7 @@
 # Rounds alternate with/without so machine noise hits both alike; medians are reported.
 # Usage: bench/observer/run.sh [ROUNDS]   (prints markdown tables for BENCHMARKS.md)
 #   PARTS=tcp,udp,cost,load (default all) picks the parts; OBS_BASELINE adds a baseline build to
-#   "tcp", "cost" and "load".
+#   "tcp", "cost" and "load"; TCP_PATHS="bridge veth wan bridge-1ms" (the default) picks the paths.
 set -euo pipefail
 ROUNDS=${1:-5}
 PARTS=${PARTS:-tcp,udp,cost,load}
@@ -32,7 +33,6 @@ TMP=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for ns in lpo-snd lpo-rcv; do ip netns del "$ns" 2>/dev/null || true; done
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -53,10 +53,13 @@ start_obs() { # NETNS NAME ARGS... [--strace: time each BPF_PROG_LOAD into $TMP/
 # Under strace the PID is strace's: signal its child, the observer (strace would only detach).
 stop_obs() { local p; p=$(cat "$TMP/$1.pid"); pkill -TERM -P "$p" || kill -TERM "$p"; wait "$p" || true; }
 
+# The sender runs on CPU 0 and the receiver on CPU 1 in every round: left to the scheduler, the
+# two land on one CPU or two from round to round, and the unobserved flow alone then moved
+# between 1.9 and 2.8 GB/s.
 tcp_round() { # SRC_NS DST_NS DST_IP -> bytes/s
-  ip netns exec "$2" "$LT" tcp-recv --listen "$3:5201" >"$TMP/recv.json" &
+  ip netns exec "$2" taskset -c 1 "$LT" tcp-recv --listen "$3:5201" >"$TMP/recv.json" &
   local r=$!; sleep 0.3
-  ip netns exec "$1" "$LT" tcp-send --connect "$3:5201" --duration 4s >/dev/null
+  ip netns exec "$1" taskset -c 0 "$LT" tcp-send --connect "$3:5201" --duration 4s >/dev/null
   wait $r
   jq -r .bytes_per_sec "$TMP/recv.json"
 }
@@ -64,22 +67,22 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # One TCP round on PATH: none = no observer, else with the observers of that build.
 path_round() { # PATH none|OBSERVER -> bytes/s
-  local path=$1 build=$2 extra=()
-  case $path in
-    wan) src=lp-metal1 dst=lp-metal2 ip=10.78.0.2 ;;
+  local path=$1 build=$2 extra=() ifc=mgmt0
+  # PATH-1ms: the same path with a 1 ms per-flow sampling interval.
+  [[ $path != *-1ms ]] || extra=(--min-interval-us 1000)
+  case ${path%-1ms} in
+    bridge) src=lp-metal1 dst=lp-metal2 ip=10.77.0.12 ;;
+    wan) src=lp-metal1 dst=lp-metal2 ip=10.78.0.2 ifc=wan0 ;;
     veth) src=lp-metal1 dst=lp-ct1 ip=10.77.1.6 ;;
-    offloads*) src=lpo-snd dst=lpo-rcv ip=10.75.0.2; [ "$path" = offloads ] || extra=(--min-interval-us 1000) ;;
   esac
   if [ "$build" = none ]; then tcp_round $src $dst $ip; return; fi
-  case $path in
-    wan) OBS=$build start_obs lp-metal1 a --interfaces wan0 --ports 5201
-         OBS=$build start_obs lp-metal2 b --interfaces wan0 --ports 5201 ;;
-    veth) OBS=$build start_obs lp-metal1 a --interfaces veth-ct1 --containers lp-ct1 --ports 5201 ;;
-    offloads*) OBS=$build start_obs lpo-snd a --interfaces vo-snd --ports 5201 "${extra[@]}"
-               OBS=$build start_obs lpo-rcv b --interfaces vo-rcv --ports 5201 "${extra[@]}" ;;
+  case ${path%-1ms} in
+    bridge|wan) OBS=$build start_obs lp-metal1 a --interfaces $ifc --ports 5201 "${extra[@]}"
+                OBS=$build start_obs lp-metal2 b --interfaces $ifc --ports 5201 "${extra[@]}" ;;
+    veth) OBS=$build start_obs lp-metal1 a --interfaces veth-ct1 --containers lp-ct1 --ports 5201 "${extra[@]}" ;;
   esac
   tcp_round $src $dst $ip
-  stop_obs a; [ "$path" = veth ] || stop_obs b
+  stop_obs a; [ "${path%-1ms}" = veth ] || stop_obs b
 }
 
 if part tcp; then
@@ -87,23 +90,19 @@ builds=("$OBS"); [ -z "${OBS_BASELINE:-}" ] || builds+=("$OBS_BASELINE")
 head="| benchmark | without | with observer | ratio |"; rule="|---|---|---|---|"
 [ -z "${OBS_BASELINE:-}" ] || { head="$head with $OBS_BASELINE | ratio |"; rule="$rule---|---|"; }
 echo "$head"; echo "$rule"
-# wan: observers on both metals; direct veth: metal1's observer covers its container ct1. Both
-# lab paths have TSO/GSO/GRO turned off (ci/lab), so every hook runs once per 1500-byte segment:
-# the worst case. "offloads": a scratch veth pair between two namespaces with the kernel's
-# defaults (TSO/GSO on), as a host's own stack sends, observers on both ends; "offloads-1ms" the
-# same with a 1 ms per-flow sampling interval (inventory `sampling.interval: 1ms`). With
-# OBS_BASELINE, each round also runs that build, so both builds' ratios come from one run.
-ip netns add lpo-snd; ip netns add lpo-rcv
-ip -n lpo-snd link add vo-snd type veth peer name vo-rcv netns lpo-rcv
-ip -n lpo-snd addr add 10.75.0.1/30 dev vo-snd; ip -n lpo-rcv addr add 10.75.0.2/30 dev vo-rcv
-for ns in lpo-snd lpo-rcv; do ip -n "$ns" link set lo up; done
-ip -n lpo-snd link set vo-snd up; ip -n lpo-rcv link set vo-rcv up
-for path in wan veth offloads offloads-1ms; do
+# bridge and wan: observers on both metals; veth: metal1's observer covers its container ct1.
+# The bridge and the direct veth keep the kernel's default offloads (TSO/GSO: 64 KiB segments),
+# as a host's own stack sends; the wan's links into its relay have them off (ci/lab), so there
+# every hook runs once per 1448-byte segment: the worst case. "bridge-1ms" adds a 1 ms per-flow
+# sampling interval (inventory `sampling.interval: 1ms`). With OBS_BASELINE, each round also
+# runs that build, so both builds' ratios come from one run.
+for path in ${TCP_PATHS:-bridge veth wan bridge-1ms}; do
   : >"$TMP/none"; for i in "${!builds[@]}"; do : >"$TMP/obs$i"; done
   for _ in $(seq "$ROUNDS"); do
     path_round $path none >>"$TMP/none"
     for i in "${!builds[@]}"; do path_round $path "${builds[$i]}" >>"$TMP/obs$i"; done
   done
+  echo "$path rounds, MB/s: none $(tr '\n' ' ' <"$TMP/none")$(for i in "${!builds[@]}"; do echo -n "| ${builds[$i]##*/} $(tr '\n' ' ' <"$TMP/obs$i")"; done)" >&2
   n=$(median <"$TMP/none")
   row=$(awk -v p="$path" -v r="$ROUNDS" -v n="$n" 'BEGIN { printf "| TCP bulk %s, MB/s (median of %s) | %.1f |", p, r, n/1e6 }')
   for i in "${!builds[@]}"; do

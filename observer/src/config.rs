@@ -27,7 +27,8 @@ pub struct Config {
     /// Seconds without a heartbeat line on stdin before detaching; 0 = no lease.
     pub lease_seconds: u64,
     pub stats_interval_seconds: u64,
-    /// How often the ring buffer is drained (no wake-ups are requested by the kernel side).
+    /// Longest wait between ring buffer drains; the kernel side wakes the reader sooner only once
+    /// a quarter of the ring is unread (every drain is a wake-up on a CPU a flow may be using).
     pub poll_interval_ms: u64,
     /// Frames buffered towards the sink before records are dropped (backpressure bound).
     pub buffer_frames: usize,
@@ -64,7 +65,7 @@ impl Default for Config {
             xdp_mode: "auto".into(),
             lease_seconds: 0,
             stats_interval_seconds: 5,
-            poll_interval_ms: 20,
+            poll_interval_ms: 200,
             buffer_frames: 1024,
             batch_max: 4096,
             sample_udp: false,
@@ -165,7 +166,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.layer_set().unwrap(), vec![Layer::DevSend, Layer::DevRecv]);
         assert_eq!(c.sampling.ports, vec![5201, 22]);
-        assert_eq!(c.poll_interval_ms, 20, "unset fields take defaults");
+        assert_eq!(c.poll_interval_ms, 200, "unset fields take defaults");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 # Rounds alternate with/without so machine noise hits both alike; medians are reported.
 # Usage: bench/observer/run.sh [ROUNDS]   (prints markdown tables for BENCHMARKS.md)
 #   PARTS=tcp,udp,cost,load (default all) picks the parts; OBS_BASELINE adds a baseline build to
-#   "tcp", "cost" and "load"; TCP_PATHS="bridge veth wan bridge-1ms" (the default) picks the paths.
+#   "tcp", "cost" and "load"; TCP_PATHS="bridge veth wan bridge-1ms bridge-if" (the default) picks the paths.
 set -euo pipefail
 ROUNDS=${1:-5}
 PARTS=${PARTS:-tcp,udp,cost,load}
@@ -68,21 +68,26 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # One TCP round on PATH: none = no observer, else with the observers of that build.
 path_round() { # PATH none|OBSERVER -> bytes/s
   local path=$1 build=$2 extra=() ifc=mgmt0
-  # PATH-1ms: the same path with a 1 ms per-flow sampling interval.
-  [[ $path != *-1ms ]] || extra=(--min-interval-us 1000)
-  case ${path%-1ms} in
+  # PATH-1ms: the same path with a 1 ms per-flow sampling interval; PATH-if: the interface
+  # layers only (inventory `layers: [dev_send, dev_xmit, dev_recv]`).
+  case $path in
+    *-1ms) extra=(--min-interval-us 1000) ;;
+    *-if) extra=(--layers dev_send,dev_xmit,dev_recv) ;;
+  esac
+  path=${path%-1ms}; path=${path%-if}
+  case $path in
     bridge) src=lp-metal1 dst=lp-metal2 ip=10.77.0.12 ;;
     wan) src=lp-metal1 dst=lp-metal2 ip=10.78.0.2 ifc=wan0 ;;
     veth) src=lp-metal1 dst=lp-ct1 ip=10.77.1.6 ;;
   esac
   if [ "$build" = none ]; then tcp_round $src $dst $ip; return; fi
-  case ${path%-1ms} in
+  case $path in
     bridge|wan) OBS=$build start_obs lp-metal1 a --interfaces $ifc --ports 5201 "${extra[@]}"
                 OBS=$build start_obs lp-metal2 b --interfaces $ifc --ports 5201 "${extra[@]}" ;;
     veth) OBS=$build start_obs lp-metal1 a --interfaces veth-ct1 --containers lp-ct1 --ports 5201 "${extra[@]}" ;;
   esac
   tcp_round $src $dst $ip
-  stop_obs a; [ "${path%-1ms}" = veth ] || stop_obs b
+  stop_obs a; [ "$path" = veth ] || stop_obs b
 }
 
 if part tcp; then
@@ -94,9 +99,10 @@ echo "$head"; echo "$rule"
 # The bridge and the direct veth keep the kernel's default offloads (TSO/GSO: 64 KiB segments),
 # as a host's own stack sends; the wan's links into its relay have them off (ci/lab), so there
 # every hook runs once per 1448-byte segment: the worst case. "bridge-1ms" adds a 1 ms per-flow
-# sampling interval (inventory `sampling.interval: 1ms`). With OBS_BASELINE, each round also
+# sampling interval (inventory `sampling.interval: 1ms`), "bridge-if" keeps the interface layers
+# only. With OBS_BASELINE, each round also
 # runs that build, so both builds' ratios come from one run.
-for path in ${TCP_PATHS:-bridge veth wan bridge-1ms}; do
+for path in ${TCP_PATHS:-bridge veth wan bridge-1ms bridge-if}; do
   : >"$TMP/none"; for i in "${!builds[@]}"; do : >"$TMP/obs$i"; done
   for _ in $(seq "$ROUNDS"); do
     path_round $path none >>"$TMP/none"

@@ -119,6 +119,9 @@ pub struct Sampling {
     pub ports: Vec<u16>,
     /// Minimum time between samples of one flow at one layer (0 = no limit).
     pub interval_ns: u64,
+    /// The layers observers record, by name (empty = all): fewer layers, fewer program runs
+    /// per packet (docs/design/overhead.md).
+    pub layers: Vec<String>,
 }
 
 /// Time sync settings (DESIGN.md §8).

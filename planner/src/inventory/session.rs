@@ -47,6 +47,7 @@ struct RawSampling {
     size: Spanned<u64>,
     ports: Vec<Spanned<u16>>,
     interval: Spanned<String>,
+    layers: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -81,7 +82,7 @@ pub fn resolve_session(src: &mut Sources, layers: Vec<Node>) -> Result<Session> 
             check_keys(
                 src,
                 n,
-                &["size", "ports", "interval"],
+                &["size", "ports", "interval", "layers"],
                 "session.sampling",
                 |_| None,
             )?;
@@ -120,6 +121,7 @@ pub fn resolve_session(src: &mut Sources, layers: Vec<Node>) -> Result<Session> 
         )
         .hint("use 0 (no limit) or a number with a unit: 500us, 10ms, 1s")
     })?;
+    let layers = check_layers(src, &raw.sampling.layers)?;
     if *raw.timesync.rate_hz == 0 || *raw.timesync.rate_hz > 10_000 {
         return Err(src.error(
             raw.timesync.rate_hz.span(),
@@ -150,6 +152,7 @@ pub fn resolve_session(src: &mut Sources, layers: Vec<Node>) -> Result<Session> 
             size: size as u32,
             ports: raw.sampling.ports.iter().map(|p| **p).collect(),
             interval_ns,
+            layers,
         },
         timesync: Timesync {
             rate_hz: *raw.timesync.rate_hz,
@@ -170,6 +173,25 @@ pub fn resolve_session(src: &mut Sources, layers: Vec<Node>) -> Result<Session> 
             .map(|p| check_path(src, p, "bus_secret_file"))
             .transpose()?,
     })
+}
+
+/// The layers to record, by name (DESIGN.md §6), each once, in the order written; empty = all.
+fn check_layers(src: &Sources, names: &[Spanned<String>]) -> Result<Vec<String>> {
+    use latplan_common::layer::Layer;
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        if Layer::from_name(n.as_str()).is_none() {
+            let known: Vec<&str> = Layer::ALL.iter().map(|l| l.name()).collect();
+            return Err(src
+                .error(n.span(), format!("unknown layer `{}`", n.as_str()))
+                .hint(format!("use some of: {}", known.join(", "))));
+        }
+        if out.iter().any(|o| o == n.as_str()) {
+            return Err(src.error(n.span(), format!("layer `{}` is listed twice", n.as_str())));
+        }
+        out.push(n.as_str().to_string());
+    }
+    Ok(out)
 }
 
 /// A URL with a known scheme and no password in it.

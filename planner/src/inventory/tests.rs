@@ -31,6 +31,10 @@ fn lab_inventory_loads() {
     );
     assert_eq!(inv.session.sampling.size, 65536);
     assert_eq!(inv.session.sampling.ports, [5201]);
+    assert!(
+        inv.session.sampling.layers.is_empty(),
+        "every layer by default"
+    );
     assert_eq!(inv.session.timesync.rate_hz, 50);
     assert_eq!(
         inv.session.timesync.port, 31999,
@@ -175,6 +179,10 @@ fn inheritance_follows_the_documented_order() {
 
     assert_eq!(inv.session.sampling.size, 4096);
     assert_eq!(inv.session.sampling.interval_ns, 250_000);
+    assert_eq!(
+        inv.session.sampling.layers,
+        ["dev_send", "dev_xmit", "dev_recv"]
+    );
     assert_eq!(inv.session.bus, "redis://127.0.0.1:6379");
     assert_eq!(inv.session.store, "sqlite://latplan.db", "embedded default");
 }

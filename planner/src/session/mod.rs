@@ -180,6 +180,7 @@ pub fn observer_config(inv: &Inventory, host: &Host) -> serde_json::Value {
             "ports": s.ports,
             "min_interval_us": s.interval_ns / 1000,
         },
+        "layers": s.layers,
         "lease_seconds": OBSERVER_LEASE_SECONDS,
         // Redis mode: the stream, heartbeat and lease keys and the account come on stdin.
         "sink": if inv.session.bus == "ssh" { "stdout" } else { "redis" },
@@ -242,6 +243,11 @@ mod tests {
         let ifaces = c["interfaces"].as_array().unwrap();
         assert!(ifaces.contains(&json!("veth-ct1")) && ifaces.contains(&json!("wan0")));
         assert_eq!(c["sampling"]["size"], json!(65536));
+        assert_eq!(
+            c["layers"],
+            json!([]),
+            "empty: the observer attaches every layer"
+        );
         let vm2 = observer_config(&inv, &inv.hosts["vm2"]);
         assert_eq!(vm2["containers"], json!(["lp-ct2"]));
     }

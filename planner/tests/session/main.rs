@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use labtools::testlab::{self, lab_inventory, lock_lab, ns_command, require_lab};
 
 mod clocks;
+mod layers;
 mod masters;
 mod redis_apply;
 mod redis_observer;

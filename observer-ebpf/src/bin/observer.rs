@@ -831,10 +831,16 @@ mod programs {
         Some(inum)
     }
 
+    /// The inode number of a device's network namespace.
+    #[inline(always)]
+    fn dev_inum(dev: u64) -> u32 {
+        let net: u64 = read_k(dev, off!(dev_nd_net));
+        read_k(net, off!(net_inum))
+    }
+
     #[inline(always)]
     fn dev_netns(dev: u64) -> Option<u32> {
-        let net: u64 = read_k(dev, off!(dev_nd_net));
-        let inum: u32 = read_k(net, off!(net_inum));
+        let inum = dev_inum(dev);
         unsafe { LP_NETNS.get(inum) }?;
         Some(inum)
     }
@@ -868,8 +874,14 @@ mod programs {
     fn try_skb_layer(layer: Layer, skb: u64, dev: u64) -> Option<()> {
         let ifindex: u32 = read_k(dev, off!(dev_ifindex));
         if layer.is_interface_layer() {
-            // Interface layers only on the interfaces this observer was told to watch.
+            // Interface layers only on the interfaces this observer was told to watch, which are
+            // in its own namespace. An ifindex is unique only within a namespace and this
+            // tracepoint fires for every device on the kernel: a container's device with a
+            // watched interface's number is not that interface.
             iface_slot(ifindex)?;
+            if dev_inum(dev) != globals()?.own_netns {
+                return None;
+            }
         }
         let (r, _) = skb_tcp_range(skb)?;
         port_match(config()?, r.sport, r.dport).then_some(())?;

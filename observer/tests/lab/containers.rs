@@ -65,3 +65,63 @@ fn a_container_flow_is_recorded_by_the_observer_that_declares_it_only() {
     assert!(other.count(Layer::DevSend, PORT) >= 290);
     assert_eq!(declaring.count(Layer::DevSend, PORT), 0);
 }
+
+/// The ifindex of `dev` in namespace `netns`.
+fn ifindex(netns: &str, dev: &str) -> u32 {
+    let path = format!("/sys/class/net/{dev}/ifindex");
+    let o = labtools::testlab::ns_exec(netns, &["cat", &path]);
+    assert!(o.status.success(), "read {path} in {netns}");
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn a_container_device_with_a_watched_interfaces_number_is_not_watched() {
+    labtools::testlab::require_lab();
+    let _lock = labtools::testlab::lock_lab();
+    // An ifindex is unique only within its namespace: ct1's eth0 has the number of metal1's
+    // mgmt0, which this observer watches. dev_xmit fires for every device on the kernel, so
+    // matching the number alone recorded ct1's own device as if it were mgmt0.
+    assert_eq!(
+        ifindex(CT1, "eth0"),
+        ifindex(METAL1, "mgmt0"),
+        "the lab no longer gives ct1's eth0 the number of metal1's mgmt0; pick a pair that shares one"
+    );
+    let port = "5303";
+    let obs = Observer::start(
+        METAL1,
+        &[
+            "--interfaces",
+            "mgmt0",
+            "--containers",
+            CT1,
+            "--ports",
+            port,
+        ],
+    );
+    let addr = format!("{METAL2_WAN}:{port}");
+    let server = tcp_recv(METAL2, &addr, &[]);
+    tcp_send(CT1, &addr, &["--bytes", "20M"]);
+    wait_ok(server, "tcp-recv");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let rec = obs.stop();
+
+    let ct1 = netns_inode(CT1);
+    let sent = rec
+        .samples
+        .iter()
+        .filter(|s| s.layer == Layer::IpSend && s.netns == ct1)
+        .count();
+    assert!(
+        sent >= 290,
+        "ct1's flow was recorded ({sent} ip_send samples)"
+    );
+    let on_ct1_device = rec
+        .samples
+        .iter()
+        .filter(|s| s.layer.is_interface_layer() && s.netns == ct1)
+        .count();
+    assert_eq!(
+        on_ct1_device, 0,
+        "interface layers recorded on ct1's own device, which no one asked to watch"
+    );
+}

@@ -6,11 +6,16 @@ use latplan_common::Layer;
 const PORT: u16 = 5302;
 const CT1: &str = "lp-ct1";
 
+/// The number a command prints inside a namespace.
+fn number_in(netns: &str, argv: &[&str]) -> u32 {
+    let o = labtools::testlab::ns_exec(netns, argv);
+    assert!(o.status.success(), "{argv:?} in {netns}");
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+}
+
 /// The inode number of a namespace's network namespace (what records carry as `netns`).
 fn netns_inode(netns: &str) -> u32 {
-    let o = labtools::testlab::ns_exec(netns, &["stat", "-L", "-c", "%i", "/proc/self/ns/net"]);
-    assert!(o.status.success(), "stat netns of {netns}");
-    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+    number_in(netns, &["stat", "-L", "-c", "%i", "/proc/self/ns/net"])
 }
 
 #[test]
@@ -68,10 +73,7 @@ fn a_container_flow_is_recorded_by_the_observer_that_declares_it_only() {
 
 /// The ifindex of `dev` in namespace `netns`.
 fn ifindex(netns: &str, dev: &str) -> u32 {
-    let path = format!("/sys/class/net/{dev}/ifindex");
-    let o = labtools::testlab::ns_exec(netns, &["cat", &path]);
-    assert!(o.status.success(), "read {path} in {netns}");
-    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+    number_in(netns, &["cat", &format!("/sys/class/net/{dev}/ifindex")])
 }
 
 #[test]

@@ -69,7 +69,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 path_round() { # PATH none|OBSERVER -> bytes/s
   local path=$1 build=$2 extra=() ifc=mgmt0
   # PATH-1ms: the same path with a 1 ms per-flow sampling interval; PATH-if: the interface
-  # layers only (inventory `layers: [dev_send, dev_xmit, dev_recv]`).
+  # layers only (inventory `sampling.layers: [dev_send, dev_xmit, dev_recv]`).
   case $path in
     *-1ms) extra=(--min-interval-us 1000) ;;
     *-if) extra=(--layers dev_send,dev_xmit,dev_recv) ;;
@@ -100,8 +100,8 @@ echo "$head"; echo "$rule"
 # as a host's own stack sends; the wan's links into its relay have them off (ci/lab), so there
 # every hook runs once per 1448-byte segment: the worst case. "bridge-1ms" adds a 1 ms per-flow
 # sampling interval (inventory `sampling.interval: 1ms`), "bridge-if" keeps the interface layers
-# only. With OBS_BASELINE, each round also
-# runs that build, so both builds' ratios come from one run.
+# only. With OBS_BASELINE, each round also runs that build, so both builds' ratios come from one
+# run.
 for path in ${TCP_PATHS:-bridge veth wan bridge-1ms bridge-if}; do
   : >"$TMP/none"; for i in "${!builds[@]}"; do : >"$TMP/obs$i"; done
   for _ in $(seq "$ROUNDS"); do

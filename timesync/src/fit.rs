@@ -240,7 +240,8 @@ impl Estimator {
         let horizon = cfg.horizon_ns as f64;
         let asymmetry = level.asymmetry;
         let lever = level.centroid_x.abs() + horizon;
-        let statistical = cfg.k_sigma * (level.se + wls.slope_se() * lever);
+        let slope_se = wls.slope_se();
+        let statistical = cfg.k_sigma * (level.se + slope_se * lever);
         let min_delay = wls
             .pts
             .iter()
@@ -261,7 +262,7 @@ impl Estimator {
             detail: FitDetail {
                 asymmetry_ns: asymmetry,
                 statistical_ns: statistical,
-                drift_se_ppm: wls.slope_se() * 1e6,
+                drift_se_ppm: slope_se * 1e6,
                 span_s: span as f64 / 1e9,
                 window_samples: self.points.len() as u32,
             },
@@ -422,9 +423,14 @@ impl Wls {
     /// widened by the usual AR(1) factor √((1+ρ)/(1−ρ)), ρ the residuals' lag-1 autocorrelation
     /// in time order (taken as 0 when negative, at most 0.9).
     fn slope_se(&self) -> f64 {
-        let mean_w = self.sw / self.pts.len() as f64;
         let rho = self.residual_autocorrelation();
-        (self.s2 * mean_w / self.sxx * (1.0 + rho) / (1.0 - rho)).sqrt()
+        self.white_slope_se() * ((1.0 + rho) / (1.0 - rho)).sqrt()
+    }
+
+    /// The drift's standard error for independent residuals.
+    fn white_slope_se(&self) -> f64 {
+        let mean_w = self.sw / self.pts.len() as f64;
+        (self.s2 * mean_w / self.sxx).sqrt()
     }
 
     /// Lag-1 autocorrelation of the residuals in host-time order, clamped to [0, 0.9].
@@ -695,14 +701,13 @@ mod tests {
         let rho = wave.residual_autocorrelation();
         assert!(rho > 0.8, "a slow wave is autocorrelated: ρ = {rho}");
         assert_eq!(scatter.residual_autocorrelation(), 0.0);
-        let plain = |w: &Wls| (w.s2 * (w.sw / w.pts.len() as f64) / w.sxx).sqrt();
         assert!(
-            wave.slope_se() > 2.5 * plain(&wave),
+            wave.slope_se() > 2.5 * wave.white_slope_se(),
             "widened: {} vs {}",
             wave.slope_se(),
-            plain(&wave)
+            wave.white_slope_se()
         );
-        assert_eq!(scatter.slope_se(), plain(&scatter));
+        assert_eq!(scatter.slope_se(), scatter.white_slope_se());
     }
 
     #[test]

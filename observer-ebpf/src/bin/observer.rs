@@ -873,21 +873,28 @@ mod programs {
     #[inline(always)]
     fn try_skb_layer(layer: Layer, skb: u64, dev: u64) -> Option<()> {
         let ifindex: u32 = read_k(dev, off!(dev_ifindex));
-        if layer.is_interface_layer() {
+        let own_netns = if layer.is_interface_layer() {
             // Interface layers only on the interfaces this observer was told to watch, which are
             // in its own namespace. An ifindex is unique only within a namespace and this
             // tracepoint fires for every device on the kernel: a container's device with a
             // watched interface's number is not that interface.
             iface_slot(ifindex)?;
-            if dev_inum(dev) != globals()?.own_netns {
+            let ns = dev_inum(dev);
+            if ns != globals()?.own_netns {
                 return None;
             }
-        }
+            Some(ns)
+        } else {
+            None
+        };
         let (r, _) = skb_tcp_range(skb)?;
         port_match(config()?, r.sport, r.dport).then_some(())?;
         only_if_sampled(&[layer], r.seq, r.len)?;
         let ts = clock_ns();
-        let netns = dev_netns(dev)?;
+        let netns = match own_netns {
+            Some(ns) => ns,
+            None => dev_netns(dev)?,
+        };
         // No retransmit flag here: after a qdisc wait TCP has long advanced snd_nxt past the
         // segment, so `seq < snd_nxt` would flag every queued segment (it did, behind a token
         // bucket). The layers before the qdisc flag retransmissions, and a byte sent twice

@@ -3,14 +3,22 @@ use crate::ping;
 use labtools::relay::Dir;
 use labtools::testlab::{RelayRestore, lock_lab, relay_set, relay_status, require_lab};
 
+/// The delay every baseline is measured at. A relay counts a frame's delay from the kernel's
+/// receive stamp, so a queued frame has the relay's own wake-up latency inside its delay, while
+/// a frame at delay 0 is sent on by the receive thread and pays that latency on top. Measured
+/// against a baseline of 0, a delay looks shorter by the receive thread's wake-up (0.1 ms of a
+/// 1 ms delay on a loaded machine); against a small delay both frames take the same path and
+/// the difference is the delay alone.
+const BASE_DELAY_NS: u64 = 500_000;
+
 #[test]
 fn wan_delay_of_2ms_each_way_adds_4ms_to_the_rtt() {
     require_lab();
     let _lock = lock_lab();
     let _restore = RelayRestore::new("wan");
-    relay_set("wan", Dir::Both, Some(0), Some(0.0));
+    relay_set("wan", Dir::Both, Some(BASE_DELAY_NS), Some(0.0));
     let base = ping("lp-metal1", "10.78.0.2", 100, "0.01").floor_ms();
-    relay_set("wan", Dir::Both, Some(2_000_000), None);
+    relay_set("wan", Dir::Both, Some(BASE_DELAY_NS + 2_000_000), None);
     let delayed = ping("lp-metal1", "10.78.0.2", 100, "0.01").floor_ms();
     let added = delayed - base;
     assert!(
@@ -24,11 +32,14 @@ fn one_way_delay_applies_to_its_direction_only() {
     require_lab();
     let _lock = lock_lab();
     let _restore = RelayRestore::new("wan");
-    relay_set("wan", Dir::Both, Some(0), Some(0.0));
+    relay_set("wan", Dir::Both, Some(BASE_DELAY_NS), Some(0.0));
     let base = ping("lp-metal1", "10.78.0.2", 50, "0.01").floor_ms();
-    relay_set("wan", Dir::A2b, Some(3_000_000), None);
+    relay_set("wan", Dir::A2b, Some(BASE_DELAY_NS + 3_000_000), None);
     let st = relay_status("wan");
-    assert_eq!((st.a2b.delay_ns, st.b2a.delay_ns), (3_000_000, 0));
+    assert_eq!(
+        (st.a2b.delay_ns, st.b2a.delay_ns),
+        (BASE_DELAY_NS + 3_000_000, BASE_DELAY_NS)
+    );
     let added = ping("lp-metal1", "10.78.0.2", 50, "0.01").floor_ms() - base;
     assert!(
         (2.7..=3.3).contains(&added),
@@ -80,11 +91,14 @@ fn a_relay_on_a_vm_link_delays_that_hop() {
     // inventory/lab puts a relay on vm1's link (lab: {relay: true}).
     let _restore = RelayRestore::new("vm1");
     relay_set("vm1", Dir::Both, Some(0), Some(0.0));
+    relay_set("vm1", Dir::A2b, Some(BASE_DELAY_NS), None);
     let base = ping("lp-metal1", "10.77.1.2", 50, "0.01").floor_ms();
-    relay_set("vm1", Dir::A2b, Some(1_000_000), None);
-    let added = ping("lp-metal1", "10.77.1.2", 50, "0.01").floor_ms() - base;
+    relay_set("vm1", Dir::A2b, Some(BASE_DELAY_NS + 1_000_000), None);
+    let delayed = ping("lp-metal1", "10.77.1.2", 50, "0.01").floor_ms();
+    let added = delayed - base;
     assert!(
         (0.9..=1.1).contains(&added),
-        "1 ms towards vm1 added {added:.3} ms to metal1's RTT"
+        "1 ms more towards vm1 added {added:.3} ms to metal1's RTT \
+         (base {base:.3} ms, delayed {delayed:.3} ms)"
     );
 }

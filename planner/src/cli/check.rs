@@ -139,7 +139,7 @@ async fn run_checks(
         let ifaces = facts::interfaces_for(h, &containers);
         kernel_reports.insert(
             g.name.clone(),
-            preflight::judge_kernel_host(h, &ifaces, &g.evidence),
+            preflight::judge_kernel_host(h, &ifaces, &inv.session.sampling, &g.evidence),
         );
         if let Some(Ok(f)) = &g.evidence.facts {
             facts_of.insert(g.name.clone(), f.clone());
@@ -307,7 +307,8 @@ fn render_table(reports: &[HostReport]) -> String {
                 }
                 Status::Pass => Cell::new("✓").fg(Color::Green),
                 Status::Fail => Cell::new("✗").fg(Color::Red),
-                Status::Skip => Cell::new("–"),
+                Status::Skip if v.detail.is_empty() => Cell::new("–"),
+                Status::Skip => Cell::new(format!("– {}", v.detail)),
             };
             row.push(cell);
         }

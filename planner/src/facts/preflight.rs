@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use super::probe::ProbeReport;
 use super::{Facts, Sudo};
-use crate::inventory::{Host, Kind};
+use crate::inventory::{Host, Kind, Sampling};
+use latplan_common::layer::Layer;
 
 /// The checks, in table order.
 pub const CHECKS: &[&str] = &[
@@ -122,8 +123,14 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-/// Judges a metal or vm. `interfaces` = its own plus its containers' host-side ends.
-pub fn judge_kernel_host(host: &Host, interfaces: &[String], ev: &Evidence) -> HostReport {
+/// Judges a metal or vm. `interfaces` = its own plus its containers' host-side ends; `sampling`
+/// says which layers the session records, and only their hooks are judged.
+pub fn judge_kernel_host(
+    host: &Host,
+    interfaces: &[String],
+    sampling: &Sampling,
+    ev: &Evidence,
+) -> HostReport {
     let mut c: BTreeMap<String, Verdict> = BTreeMap::new();
     let mut put = |k: &str, v: Verdict| {
         c.insert(k.to_string(), v);
@@ -282,7 +289,7 @@ pub fn judge_kernel_host(host: &Host, interfaces: &[String], ev: &Evidence) -> H
             },
         );
     }
-    judge_probe(host, interfaces, facts, ev, &mut c);
+    judge_probe(host, interfaces, sampling, facts, ev, &mut c);
     finish(host, c)
 }
 
@@ -311,6 +318,7 @@ fn reach_fix(host: &Host, target: &str, reason: &str) -> String {
 fn judge_probe(
     host: &Host,
     interfaces: &[String],
+    sampling: &Sampling,
     facts: Option<&Facts>,
     ev: &Evidence,
     c: &mut BTreeMap<String, Verdict>,
@@ -341,20 +349,25 @@ fn judge_probe(
             }
         }
     }
-    let xdp_foreign: Vec<_> = foreign.iter().filter(|f| f.1.starts_with("xdp")).collect();
+    // Someone else's XDP program only stands in the way of dev_recv, which attaches there.
+    let records_recv = sampling.records(Layer::DevRecv.name());
+    let xdp_foreign: Vec<_> = foreign
+        .iter()
+        .filter(|f| records_recv && f.1.starts_with("xdp"))
+        .collect();
     if facts.is_some() || matches!(ev.probe, Some(Ok(_))) {
         c.insert(
             "foreign".into(),
             if xdp_foreign.is_empty() {
-                let tc = foreign.len();
-                Verdict::pass(if tc == 0 { "none".to_string() } else { format!("{tc} TC (coexists)") })
+                let n = foreign.len();
+                Verdict::pass(if n == 0 { "none".to_string() } else { format!("{n} (coexisting)") })
             } else {
                 let list = xdp_foreign.iter().map(|(i, a, n, id)| format!("{i}: {a} program `{n}` (id {id})")).collect::<Vec<_>>().join("; ");
                 let first = xdp_foreign[0];
                 Verdict::fail(
                     xdp_foreign.iter().map(|f| f.0.as_str()).collect::<Vec<_>>().join(","),
                     format!("someone else's XDP program is attached: {list}; latplan never replaces or detaches programs it did not load"),
-                    format!("detach it if it is not needed (`ip link set dev {} {} off`), or remove {} from `interfaces:` of {}", first.0, if first.1 == "xdpdrv" { "xdpdrv" } else { first.1.as_str() }, first.0, host.name),
+                    format!("detach it if it is not needed (`ip link set dev {} {} off`), remove {} from `interfaces:` of {}, or leave dev_recv (the layer that needs XDP) out of `sampling.layers`", first.0, if first.1 == "xdpdrv" { "xdpdrv" } else { first.1.as_str() }, first.0, host.name),
                 )
             },
         );
@@ -443,7 +456,9 @@ fn judge_probe(
     }
     c.insert(
         "xdp".into(),
-        if xdp_bad.is_empty() {
+        if !records_recv {
+            not_recorded(Layer::DevRecv)
+        } else if xdp_bad.is_empty() {
             let native = xdp_modes.iter().filter(|m| **m == "native").count();
             Verdict::pass(match (native, xdp_modes.len()) {
                 (_, 0) => "no interfaces".to_string(),
@@ -461,7 +476,9 @@ fn judge_probe(
     );
     c.insert(
         "tc".into(),
-        if tc_bad.is_empty() {
+        if !sampling.records(Layer::DevSend.name()) {
+            not_recorded(Layer::DevSend)
+        } else if tc_bad.is_empty() {
             Verdict::pass("egress")
         } else {
             Verdict::fail(
@@ -471,23 +488,40 @@ fn judge_probe(
             )
         },
     );
-    let bad: Vec<String> = probe
+    let wanted: Vec<_> = probe
         .layers
+        .iter()
+        .filter(|(l, _)| sampling.records(l))
+        .collect();
+    let bad: Vec<String> = wanted
         .iter()
         .filter(|(_, h)| !h.ok)
         .map(|(l, h)| format!("{l} ({}): {}", h.hook, h.error.clone().unwrap_or_default()))
         .collect();
-    let ok = probe.layers.values().filter(|h| h.ok).count();
+    let ok = wanted.iter().filter(|(_, h)| h.ok).count();
     c.insert(
         "hooks".into(),
         if probe.layers.is_empty() {
             Verdict::fail("none", "the observer reported no layer hooks", "update the observer binary (`observer probe` must list its layers)")
+        } else if wanted.is_empty() {
+            Verdict::skip("unused")
         } else if bad.is_empty() {
-            Verdict::pass(format!("{ok}/{}", probe.layers.len()))
+            Verdict::pass(format!("{ok}/{}", wanted.len()))
         } else {
-            Verdict::fail(format!("{ok}/{}", probe.layers.len()), format!("layers without a working hook: {}", bad.join("; ")), "those layers will be missing from the report; a kernel with BTF and these tracepoints provides them")
+            Verdict::fail(format!("{ok}/{}", wanted.len()), format!("layers without a working hook: {}", bad.join("; ")), "those layers will be missing from the report; a kernel with BTF and these tracepoints provides them, or leave them out of `sampling.layers`")
         },
     );
+}
+
+/// A check of a hook the session's `sampling.layers` leaves out: nothing will attach there.
+fn not_recorded(layer: Layer) -> Verdict {
+    Verdict {
+        reason: Some(format!(
+            "`sampling.layers` leaves out {}, the layer that attaches here",
+            layer.name()
+        )),
+        ..Verdict::skip("unused")
+    }
 }
 
 /// A container: reached through its parent, shares its kernel; judged on what identifies it.

@@ -124,6 +124,13 @@ pub struct Sampling {
     pub layers: Vec<String>,
 }
 
+impl Sampling {
+    /// Whether observers record `layer` (a latplan-common `Layer` name).
+    pub fn records(&self, layer: &str) -> bool {
+        self.layers.is_empty() || self.layers.iter().any(|l| l == layer)
+    }
+}
+
 /// Time sync settings (DESIGN.md §8).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Timesync {

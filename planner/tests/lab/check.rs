@@ -32,10 +32,14 @@ fn lab() -> String {
     testlab::lab_inventory().display().to_string()
 }
 
-/// Runs `latplan check --format json` and returns (exit code, hosts by name).
+/// Runs `latplan check --format json` on the lab and returns (exit code, hosts by name).
 fn check_json() -> (i32, serde_json::Map<String, Value>, String) {
+    check_json_of(&lab())
+}
+
+fn check_json_of(inventory: &str) -> (i32, serde_json::Map<String, Value>, String) {
     let started = Instant::now();
-    let (code, out, err) = latplan(&["check", &lab(), "--format", "json"]);
+    let (code, out, err) = latplan(&["check", inventory, "--format", "json"]);
     eprintln!(
         "latplan check on the lab: {:.1} s (exit {code})",
         started.elapsed().as_secs_f64()
@@ -306,4 +310,81 @@ fn check_names_each_broken_host_and_still_reports_the_healthy_ones() {
         code, 0,
         "the lab is healthy again after the test: {out}{err}"
     );
+}
+
+#[test]
+fn a_session_without_dev_recv_is_not_failed_by_someone_elses_xdp_program() {
+    testlab::require_lab();
+    require_observer();
+    let _lock = testlab::lock_lab();
+    let tmp = tempfile::tempdir().unwrap();
+    let obj = foreign_xdp_object(tmp.path());
+    // The lab inventory, recording every layer but dev_recv (the one XDP carries).
+    let inv = tmp.path().join("inventory");
+    std::fs::create_dir_all(inv.join("group_vars")).unwrap();
+    std::fs::copy(
+        testlab::lab_inventory().join("hosts.yaml"),
+        inv.join("hosts.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        inv.join("group_vars/all.yaml"),
+        "session:\n  sampling:\n    layers: [sock_send, tcp_send, ip_send, dev_send, dev_xmit, \
+         ip_recv, tcp_recv, sock_queue, sock_recv]\n",
+    )
+    .unwrap();
+    let inv = inv.to_str().unwrap();
+
+    ns_run(
+        "lp-vm1",
+        &[
+            "ip",
+            "link",
+            "set",
+            "dev",
+            "eth0",
+            "xdpgeneric",
+            "obj",
+            obj.to_str().unwrap(),
+            "sec",
+            "xdp",
+        ],
+    );
+    let b = Breakage {
+        sshd_stopped: None,
+        renamed: None,
+        xdp: Some(("lp-vm1".into(), "eth0".into())),
+    };
+
+    // Recording every layer, vm1 fails, and the fix names the way out that needs nothing detached.
+    let (code, hosts, out) = check_json();
+    assert_eq!(code, 1, "{out}");
+    let v = verdict(&hosts, "vm1", "foreign");
+    assert_eq!(v["status"], "fail", "{out}");
+    assert!(
+        v["fix"].as_str().unwrap().contains("sampling.layers"),
+        "{v}"
+    );
+
+    // Without dev_recv: nothing of ours goes where that program is; every host passes.
+    let (code, hosts, out) = check_json_of(inv);
+    assert_eq!(code, 0, "{out}");
+    let v = verdict(&hosts, "vm1", "foreign");
+    assert_eq!(v["status"], "pass", "{out}");
+    assert_eq!(v["detail"], "1 (coexisting)", "{v}");
+    for h in ["metal1", "metal2", "vm1", "vm2"] {
+        let v = verdict(&hosts, h, "xdp");
+        assert_eq!(v["status"], "skip", "{h}: {v}");
+        assert_eq!(v["detail"], "unused", "{h}: {v}");
+        assert!(
+            v["reason"].as_str().unwrap().contains("dev_recv"),
+            "{h}: {v}"
+        );
+        let v = verdict(&hosts, h, "hooks");
+        assert_eq!(v["status"], "pass", "{h}: {v}");
+        // The nine layers asked for, less dev_send, which is judged per interface as `tc`.
+        assert_eq!(v["detail"], "8/8", "{h}: {v}");
+        assert_eq!(verdict(&hosts, h, "tc")["status"], "pass", "{h}");
+    }
+    drop(b);
 }

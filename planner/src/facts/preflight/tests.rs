@@ -86,7 +86,7 @@ fn a_healthy_host_passes_every_check() {
         facts: Some(Ok(facts())),
         probe: Some(Ok(probe())),
     };
-    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &ev);
+    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &inv.session.sampling, &ev);
     assert!(r.ok, "{r:#?}");
     assert!(
         CHECKS.iter().all(|k| r.checks[*k].status == Status::Pass),
@@ -104,7 +104,7 @@ fn unreachable_says_why_and_skips_the_rest() {
         )),
         ..Default::default()
     };
-    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &ev);
+    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &inv.session.sampling, &ev);
     assert!(!r.ok);
     let v = &r.checks["reachable"];
     assert_eq!(v.status, Status::Fail);
@@ -125,7 +125,7 @@ fn a_missing_interface_is_named() {
         facts: Some(Ok(f)),
         probe: Some(Ok(p)),
     };
-    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &ev);
+    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &inv.session.sampling, &ev);
     assert_eq!(r.checks["interfaces"].status, Status::Fail);
     assert!(
         r.checks["interfaces"]
@@ -163,7 +163,7 @@ fn a_foreign_xdp_program_fails_with_how_to_detach() {
         facts: Some(Ok(f)),
         probe: Some(Ok(probe())),
     };
-    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &ev);
+    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &inv.session.sampling, &ev);
     let v = &r.checks["foreign"];
     assert_eq!(v.status, Status::Fail, "{v:?}");
     assert!(v.reason.as_ref().unwrap().contains("foreign_xdp"));
@@ -179,6 +179,102 @@ fn a_foreign_xdp_program_fails_with_how_to_detach() {
     );
 }
 
+/// A probe where dev_recv's XDP, dev_send's TC and sock_send's hook all fail, and someone
+/// else's XDP program holds eth0.
+fn broken_evidence() -> Evidence {
+    let mut p = probe();
+    let failed = |hook: &str| Check {
+        ok: false,
+        hook: hook.into(),
+        error: Some("Operation not supported".into()),
+    };
+    for ip in p.interfaces.values_mut() {
+        ip.xdp_native = failed("xdp native");
+        ip.xdp_generic = failed("xdp generic");
+        ip.tc_egress = failed("tcx egress");
+    }
+    p.layers.insert(
+        "sock_send".into(),
+        failed("tracepoint:sock:sock_send_length"),
+    );
+    p.layers.insert(
+        "tcp_send".into(),
+        Check {
+            ok: true,
+            hook: "tp_btf:tcp_probe".into(),
+            error: None,
+        },
+    );
+    let mut f = facts();
+    f.interfaces
+        .get_mut("eth0")
+        .unwrap()
+        .programs
+        .push(AttachedProg {
+            id: 7,
+            name: "foreign_xdp".into(),
+            attach: "xdpgeneric".into(),
+        });
+    Evidence {
+        reach: Some(Ok(())),
+        facts: Some(Ok(f)),
+        probe: Some(Ok(p)),
+    }
+}
+
+#[test]
+fn only_the_layers_the_session_records_are_judged() {
+    let ev = broken_evidence();
+    // Every layer: each broken hook fails its check.
+    let all = inv();
+    let r = judge_kernel_host(&all.hosts["m1"], &ifaces(), &all.session.sampling, &ev);
+    for k in ["foreign", "xdp", "tc", "hooks"] {
+        assert_eq!(r.checks[k].status, Status::Fail, "{k}: {:?}", r.checks[k]);
+    }
+    assert_eq!(r.checks["hooks"].detail, "1/2");
+
+    // Only tcp_send: nothing attaches to XDP or TC, sock_send is not asked for.
+    let mut only_tcp = inv();
+    only_tcp.session.sampling.layers = vec!["tcp_send".into()];
+    let r = judge_kernel_host(
+        &only_tcp.hosts["m1"],
+        &ifaces(),
+        &only_tcp.session.sampling,
+        &ev,
+    );
+    assert!(r.ok, "{r:#?}");
+    assert_eq!(r.checks["hooks"].status, Status::Pass);
+    assert_eq!(r.checks["hooks"].detail, "1/1");
+    assert_eq!(r.checks["foreign"].status, Status::Pass);
+    assert_eq!(r.checks["foreign"].detail, "1 (coexisting)");
+    assert_eq!(r.checks["xdp"].status, Status::Skip);
+    assert_eq!(r.checks["xdp"].detail, "unused");
+    assert!(
+        r.checks["xdp"]
+            .reason
+            .as_ref()
+            .unwrap()
+            .contains("dev_recv")
+    );
+    assert_eq!(r.checks["tc"].status, Status::Skip);
+    assert!(r.checks["tc"].reason.as_ref().unwrap().contains("dev_send"));
+
+    // Only dev_recv: its XDP and the foreign program matter, no layer hook is asked for.
+    let mut only_recv = inv();
+    only_recv.session.sampling.layers = vec!["dev_recv".into()];
+    let r = judge_kernel_host(
+        &only_recv.hosts["m1"],
+        &ifaces(),
+        &only_recv.session.sampling,
+        &ev,
+    );
+    assert_eq!(r.checks["xdp"].status, Status::Fail);
+    assert_eq!(r.checks["foreign"].status, Status::Fail);
+    assert_eq!(r.checks["tc"].status, Status::Skip);
+    assert_eq!(r.checks["hooks"].status, Status::Skip);
+    assert_eq!(r.checks["hooks"].detail, "unused");
+}
+
 #[test]
 fn sudo_needs_become_for_non_root() {
     let inv = inv();
@@ -190,7 +286,7 @@ fn sudo_needs_become_for_non_root() {
         facts: Some(Ok(f)),
         probe: Some(Ok(probe())),
     };
-    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &ev);
+    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &inv.session.sampling, &ev);
     assert_eq!(r.checks["sudo"].status, Status::Fail);
     assert!(
         r.checks["sudo"]
@@ -208,7 +304,7 @@ fn containers_follow_their_parent() {
         reach: Some(Err("refused".into())),
         ..Default::default()
     };
-    let parent = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &ev);
+    let parent = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &inv.session.sampling, &ev);
     let r = judge_container(
         &inv.hosts["c1"],
         &parent,
@@ -229,7 +325,7 @@ fn containers_follow_their_parent() {
         facts: Some(Ok(facts())),
         probe: Some(Ok(probe())),
     };
-    let parent = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &ev);
+    let parent = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &inv.session.sampling, &ev);
     let found = [("eth0".to_string(), false)].into();
     let r = judge_container(
         &inv.hosts["c1"],
@@ -262,8 +358,8 @@ fn one_clock_domain_on_two_kernels_fails() {
         probe: Some(Ok(probe())),
     };
     let mut reports = vec![
-        judge_kernel_host(&inv.hosts["a"], &[], &ev),
-        judge_kernel_host(&inv.hosts["b"], &[], &ev),
+        judge_kernel_host(&inv.hosts["a"], &[], &inv.session.sampling, &ev),
+        judge_kernel_host(&inv.hosts["b"], &[], &inv.session.sampling, &ev),
     ];
     let boots = [
         ("a".to_string(), "x".to_string()),

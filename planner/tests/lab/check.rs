@@ -214,6 +214,29 @@ fn foreign_xdp_object(dir: &Path) -> PathBuf {
     obj
 }
 
+/// Attaches the program of `foreign_xdp_object` to vm1's eth0; returns (namespace, interface)
+/// for `Breakage::xdp`.
+fn attach_foreign_xdp(obj: &Path) -> (String, String) {
+    let (ns, iface) = ("lp-vm1", "eth0");
+    let obj = obj.to_str().unwrap();
+    ns_run(
+        ns,
+        &[
+            "ip",
+            "link",
+            "set",
+            "dev",
+            iface,
+            "xdpgeneric",
+            "obj",
+            obj,
+            "sec",
+            "xdp",
+        ],
+    );
+    (ns.into(), iface.into())
+}
+
 #[test]
 fn check_names_each_broken_host_and_still_reports_the_healthy_ones() {
     testlab::require_lab();
@@ -242,22 +265,7 @@ fn check_names_each_broken_host_and_still_reports_the_healthy_ones() {
     );
     b.renamed = Some(("lp-metal1".into(), "lpgone0".into(), "veth-ct1".into()));
     // 3. someone else's XDP program on vm1's eth0.
-    ns_run(
-        "lp-vm1",
-        &[
-            "ip",
-            "link",
-            "set",
-            "dev",
-            "eth0",
-            "xdpgeneric",
-            "obj",
-            obj.to_str().unwrap(),
-            "sec",
-            "xdp",
-        ],
-    );
-    b.xdp = Some(("lp-vm1".into(), "eth0".into()));
+    b.xdp = Some(attach_foreign_xdp(&obj));
 
     let (code, hosts, out) = check_json();
     assert_eq!(code, 1, "a failing host makes the exit code 1: {out}");
@@ -335,25 +343,10 @@ fn a_session_without_dev_recv_is_not_failed_by_someone_elses_xdp_program() {
     .unwrap();
     let inv = inv.to_str().unwrap();
 
-    ns_run(
-        "lp-vm1",
-        &[
-            "ip",
-            "link",
-            "set",
-            "dev",
-            "eth0",
-            "xdpgeneric",
-            "obj",
-            obj.to_str().unwrap(),
-            "sec",
-            "xdp",
-        ],
-    );
     let b = Breakage {
         sshd_stopped: None,
         renamed: None,
-        xdp: Some(("lp-vm1".into(), "eth0".into())),
+        xdp: Some(attach_foreign_xdp(&obj)),
     };
 
     // Recording every layer, vm1 fails, and the fix names the way out that needs nothing detached.

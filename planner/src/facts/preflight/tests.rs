@@ -225,23 +225,20 @@ fn broken_evidence() -> Evidence {
 #[test]
 fn only_the_layers_the_session_records_are_judged() {
     let ev = broken_evidence();
+    let judge = |layers: &[&str]| {
+        let mut inv = inv();
+        inv.session.sampling.layers = layers.iter().map(|l| l.to_string()).collect();
+        judge_kernel_host(&inv.hosts["m1"], &ifaces(), &inv.session.sampling, &ev)
+    };
     // Every layer: each broken hook fails its check.
-    let all = inv();
-    let r = judge_kernel_host(&all.hosts["m1"], &ifaces(), &all.session.sampling, &ev);
+    let r = judge(&[]);
     for k in ["foreign", "xdp", "tc", "hooks"] {
         assert_eq!(r.checks[k].status, Status::Fail, "{k}: {:?}", r.checks[k]);
     }
     assert_eq!(r.checks["hooks"].detail, "1/2");
 
     // Only tcp_send: nothing attaches to XDP or TC, sock_send is not asked for.
-    let mut only_tcp = inv();
-    only_tcp.session.sampling.layers = vec!["tcp_send".into()];
-    let r = judge_kernel_host(
-        &only_tcp.hosts["m1"],
-        &ifaces(),
-        &only_tcp.session.sampling,
-        &ev,
-    );
+    let r = judge(&["tcp_send"]);
     assert!(r.ok, "{r:#?}");
     assert_eq!(r.checks["hooks"].status, Status::Pass);
     assert_eq!(r.checks["hooks"].detail, "1/1");
@@ -260,14 +257,7 @@ fn only_the_layers_the_session_records_are_judged() {
     assert!(r.checks["tc"].reason.as_ref().unwrap().contains("dev_send"));
 
     // Only dev_recv: its XDP and the foreign program matter, no layer hook is asked for.
-    let mut only_recv = inv();
-    only_recv.session.sampling.layers = vec!["dev_recv".into()];
-    let r = judge_kernel_host(
-        &only_recv.hosts["m1"],
-        &ifaces(),
-        &only_recv.session.sampling,
-        &ev,
-    );
+    let r = judge(&["dev_recv"]);
     assert_eq!(r.checks["xdp"].status, Status::Fail);
     assert_eq!(r.checks["foreign"].status, Status::Fail);
     assert_eq!(r.checks["tc"].status, Status::Skip);

@@ -99,6 +99,11 @@ impl Layer {
         }
     }
 
+    /// Every layer's name, in path order (for messages that list what is known).
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        Layer::ALL.into_iter().map(Layer::name)
+    }
+
     pub fn from_name(name: &str) -> Option<Layer> {
         Layer::ALL.into_iter().find(|l| l.name() == name)
     }

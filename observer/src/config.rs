@@ -143,8 +143,8 @@ impl Config {
             .iter()
             .map(|n| {
                 Layer::from_name(n).with_context(|| {
-                    let all: Vec<_> = Layer::ALL.iter().map(|l| l.name()).collect();
-                    format!("unknown layer {n:?} (known: {})", all.join(", "))
+                    let known: Vec<_> = Layer::names().collect();
+                    format!("unknown layer {n:?} (known: {})", known.join(", "))
                 })
             })
             .collect()

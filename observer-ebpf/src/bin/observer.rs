@@ -838,20 +838,13 @@ mod programs {
         read_k(net, off!(net_inum))
     }
 
-    #[inline(always)]
-    fn dev_netns(dev: u64) -> Option<u32> {
-        let inum = dev_inum(dev);
-        unsafe { LP_NETNS.get(inum) }?;
-        Some(inum)
-    }
-
     // ---- dev_xmit: net_dev_start_xmit (after the qdisc, handed to the driver) ----
 
     #[btf_tracepoint(function = "net_dev_start_xmit")]
     pub fn lp_tp_dev_xmit(ctx: BtfTracePointContext) -> i32 {
         let skb: u64 = ctx.arg(0);
         let dev: u64 = ctx.arg(1);
-        let _ = try_skb_layer(Layer::DevXmit, skb, dev);
+        let _ = try_dev_xmit(skb, dev);
         0
     }
 
@@ -871,41 +864,26 @@ mod programs {
     }
 
     #[inline(always)]
-    fn try_skb_layer(layer: Layer, skb: u64, dev: u64) -> Option<()> {
+    fn try_dev_xmit(skb: u64, dev: u64) -> Option<()> {
+        // Only on the interfaces this observer was told to watch, which are in its own
+        // namespace. An ifindex is unique only within a namespace and this tracepoint fires for
+        // every device on the kernel: a container's device with a watched interface's number
+        // is not that interface.
         let ifindex: u32 = read_k(dev, off!(dev_ifindex));
-        let own_netns = if layer.is_interface_layer() {
-            // Interface layers only on the interfaces this observer was told to watch, which are
-            // in its own namespace. An ifindex is unique only within a namespace and this
-            // tracepoint fires for every device on the kernel: a container's device with a
-            // watched interface's number is not that interface.
-            iface_slot(ifindex)?;
-            let ns = dev_inum(dev);
-            if ns != globals()?.own_netns {
-                return None;
-            }
-            Some(ns)
-        } else {
-            None
-        };
+        iface_slot(ifindex)?;
+        let netns = dev_inum(dev);
+        if netns != globals()?.own_netns {
+            return None;
+        }
         let (r, _) = skb_tcp_range(skb)?;
         port_match(config()?, r.sport, r.dport).then_some(())?;
-        only_if_sampled(&[layer], r.seq, r.len)?;
+        only_if_sampled(&[Layer::DevXmit], r.seq, r.len)?;
         let ts = clock_ns();
-        let netns = match own_netns {
-            Some(ns) => ns,
-            None => dev_netns(dev)?,
-        };
         // No retransmit flag here: after a qdisc wait TCP has long advanced snd_nxt past the
         // segment, so `seq < snd_nxt` would flag every queued segment (it did, behind a token
         // bucket). The layers before the qdisc flag retransmissions, and a byte sent twice
         // passes dev_xmit twice, which the analysis counts as well.
-        let flags = 0;
-        let ifx = if layer.is_interface_layer() {
-            ifindex
-        } else {
-            0
-        };
-        emit_range(layer, &r, ts, ifx, netns, flags);
+        emit_range(Layer::DevXmit, &r, ts, ifindex, netns, 0);
         Some(())
     }
 

@@ -5,7 +5,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use latplan_common::Layer;
 use latplan_common::wire::Stats;
 
 /// Per-host figures (summed over the host's observer runs).
@@ -176,14 +175,10 @@ impl Counters {
     }
 }
 
-/// Names of every layer, for callers that print a fixed set of columns.
-pub fn layer_names() -> impl Iterator<Item = &'static str> {
-    Layer::ALL.into_iter().map(Layer::name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use latplan_common::Layer;
     use latplan_common::wire::LayerStats;
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::store::{GapRow, SessionId, Store, StoreError};
 
-pub use counters::{Counters, HostCounters, Snapshot, layer_names};
+pub use counters::{Counters, HostCounters, Snapshot};
 pub use seq::{Arrival, SeqTracker};
 pub use stream::AsyncFrameReader;
 

@@ -181,7 +181,7 @@ fn check_layers(src: &Sources, names: &[Spanned<String>]) -> Result<Vec<String>>
     let mut out: Vec<String> = Vec::new();
     for n in names {
         if Layer::from_name(n.as_str()).is_none() {
-            let known: Vec<&str> = Layer::ALL.iter().map(|l| l.name()).collect();
+            let known: Vec<&str> = Layer::names().collect();
             return Err(src
                 .error(n.span(), format!("unknown layer `{}`", n.as_str()))
                 .hint(format!("use some of: {}", known.join(", "))));

@@ -43,8 +43,17 @@ pub fn lab_inventory() -> PathBuf {
     workspace_root().join("inventory/lab")
 }
 
+/// The lab, up and ours for as long as the guard lives: the lock first, then the check. Checked
+/// without the lock, the lab can look down only because another test has broken it on purpose
+/// (a stopped sshd, a renamed link) and will put it back before it unlocks.
+pub fn take_lab() -> LabLock {
+    let lock = lock_lab();
+    require_lab();
+    lock
+}
+
 /// Panics with instructions unless the lab is up.
-pub fn require_lab() {
+fn require_lab() {
     let status = Command::new(workspace_root().join("ci/lab"))
         .arg("status")
         .output();

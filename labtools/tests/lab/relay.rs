@@ -1,7 +1,7 @@
 //! The relays add the delay and loss they are told to, and only that.
 use crate::ping;
 use labtools::relay::Dir;
-use labtools::testlab::{RelayRestore, lock_lab, relay_set, relay_status, require_lab};
+use labtools::testlab::{RelayRestore, relay_set, relay_status, take_lab};
 
 /// The delay every baseline is measured at. A relay counts a frame's delay from the kernel's
 /// receive stamp, so a queued frame has the relay's own wake-up latency inside its delay, while
@@ -13,8 +13,7 @@ const BASE_DELAY_NS: u64 = 500_000;
 
 #[test]
 fn wan_delay_of_2ms_each_way_adds_4ms_to_the_rtt() {
-    require_lab();
-    let _lock = lock_lab();
+    let _lock = take_lab();
     let _restore = RelayRestore::new("wan");
     relay_set("wan", Dir::Both, Some(BASE_DELAY_NS), Some(0.0));
     let base = ping("lp-metal1", "10.78.0.2", 100, "0.01").floor_ms();
@@ -29,8 +28,7 @@ fn wan_delay_of_2ms_each_way_adds_4ms_to_the_rtt() {
 
 #[test]
 fn one_way_delay_applies_to_its_direction_only() {
-    require_lab();
-    let _lock = lock_lab();
+    let _lock = take_lab();
     let _restore = RelayRestore::new("wan");
     relay_set("wan", Dir::Both, Some(BASE_DELAY_NS), Some(0.0));
     let base = ping("lp-metal1", "10.78.0.2", 50, "0.01").floor_ms();
@@ -49,8 +47,7 @@ fn one_way_delay_applies_to_its_direction_only() {
 
 #[test]
 fn wan_loss_of_10_percent_is_observed() {
-    require_lab();
-    let _lock = lock_lab();
+    let _lock = take_lab();
     let _restore = RelayRestore::new("wan");
     relay_set("wan", Dir::Both, Some(0), Some(0.0));
     let n = 400;
@@ -86,8 +83,7 @@ fn wan_loss_of_10_percent_is_observed() {
 
 #[test]
 fn a_relay_on_a_vm_link_delays_that_hop() {
-    require_lab();
-    let _lock = lock_lab();
+    let _lock = take_lab();
     // inventory/lab puts a relay on vm1's link (lab: {relay: true}).
     let _restore = RelayRestore::new("vm1");
     relay_set("vm1", Dir::Both, Some(0), Some(0.0));

@@ -1,5 +1,5 @@
 //! lab-traffic moves bytes between lab hosts across the wan relay.
-use labtools::testlab::{lock_lab, ns_command, ns_exec, relay_status, require_lab};
+use labtools::testlab::{ns_command, ns_exec, relay_status, take_lab};
 use serde_json::Value;
 use std::process::Stdio;
 
@@ -12,8 +12,7 @@ fn report(out: &[u8]) -> Value {
 
 #[test]
 fn tcp_bulk_from_ct1_reaches_vm2_across_the_wan() {
-    require_lab();
-    let _lock = lock_lab();
+    let _lock = take_lab();
     let before = relay_status("wan");
     let recv = ns_command(
         "lp-vm2",
@@ -72,8 +71,7 @@ fn tcp_bulk_from_ct1_reaches_vm2_across_the_wan() {
 
 #[test]
 fn paced_sender_and_slow_reader_take_as_long_as_asked() {
-    require_lab();
-    let _lock = lock_lab();
+    let _lock = take_lab();
     let recv = ns_command(
         "lp-vm2",
         &[
@@ -119,8 +117,7 @@ fn paced_sender_and_slow_reader_take_as_long_as_asked() {
 
 #[test]
 fn udp_flood_reports_packets_per_second() {
-    require_lab();
-    let _lock = lock_lab();
+    let _lock = take_lab();
     let sink = ns_command(
         "lp-vm2",
         &[

@@ -4,7 +4,7 @@
 //! Only the lab's own names are compared (namespaces lp-*, root links lpbr0/lpm-*, processes run
 //! from the lab's state directory, mounts under /run/netns): people on a shared machine create their
 //! own namespaces meanwhile, which says nothing about the lab.
-use labtools::testlab::{ci_lab, lab_dir, lock_lab, require_lab};
+use labtools::testlab::{ci_lab, lab_dir, take_lab};
 use std::process::Command;
 
 fn run(cmd: &str, args: &[&str]) -> String {
@@ -130,8 +130,7 @@ impl Drop for LeaveUp {
 
 #[test]
 fn down_up_three_times_leaves_the_machine_as_before() {
-    require_lab();
-    let _lock = lock_lab();
+    let _lock = take_lab();
     let _leave_up = LeaveUp;
     let up = snapshot();
     assert!(

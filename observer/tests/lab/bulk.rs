@@ -6,8 +6,7 @@ const PORT: u16 = 5301;
 
 #[test]
 fn every_layer_records_sampled_bytes_and_they_match_across_hosts_in_path_order() {
-    labtools::testlab::require_lab();
-    let _lock = labtools::testlab::lock_lab();
+    let _lock = labtools::testlab::take_lab();
     let args = [
         "--interfaces",
         "wan0",

@@ -66,8 +66,7 @@ fn kill9(o: &mut Observer) {
 
 #[test]
 fn a_killed_observer_leaves_nothing_attached() {
-    labtools::testlab::require_lab();
-    let _lock = labtools::testlab::lock_lab();
+    let _lock = labtools::testlab::take_lab();
     let mut obs = Observer::start(METAL1, &["--interfaces", "wan0,mgmt0"]);
     let ours = programs_of(obs.pid());
     assert!(
@@ -126,8 +125,7 @@ impl Drop for BpffsNs {
 
 #[test]
 fn cleanup_removes_a_pinned_leftover_and_is_idempotent() {
-    labtools::testlab::require_lab();
-    let _lock = labtools::testlab::lock_lab();
+    let _lock = labtools::testlab::take_lab();
     let ns = BpffsNs::new();
     let mut obs = Observer::start(METAL1, &["--interfaces", "wan0", "--layers", "dev_recv"]);
     let ours = programs_of(obs.pid());

@@ -20,8 +20,7 @@ fn netns_inode(netns: &str) -> u32 {
 
 #[test]
 fn a_container_flow_is_recorded_by_the_observer_that_declares_it_only() {
-    labtools::testlab::require_lab();
-    let _lock = labtools::testlab::lock_lab();
+    let _lock = labtools::testlab::take_lab();
     let common = ["--ports", "5302", "--size", "65536"];
     // Both on metal1, the container's parent: one declares ct1, the other does not.
     let mut with = vec!["--interfaces", "veth-ct1", "--containers", CT1];
@@ -78,8 +77,7 @@ fn ifindex(netns: &str, dev: &str) -> u32 {
 
 #[test]
 fn a_container_device_with_a_watched_interfaces_number_is_not_watched() {
-    labtools::testlab::require_lab();
-    let _lock = labtools::testlab::lock_lab();
+    let _lock = labtools::testlab::take_lab();
     // An ifindex is unique only within its namespace: ct1's eth0 has the number of metal1's
     // mgmt0, which this observer watches. dev_xmit fires for every device on the kernel, so
     // matching the number alone recorded ct1's own device as if it were mgmt0.

@@ -29,8 +29,7 @@ impl Drop for NoDelay {
 
 #[test]
 fn a_bulk_writer_into_a_slow_network_waits_in_its_socket_buffer() {
-    labtools::testlab::require_lab();
-    let _lock = labtools::testlab::lock_lab();
+    let _lock = labtools::testlab::take_lab();
     ci_lab(&["delay", "wan", "5ms"]);
     let _restore = NoDelay;
     let args = [
@@ -60,8 +59,7 @@ fn a_bulk_writer_into_a_slow_network_waits_in_its_socket_buffer() {
 
 #[test]
 fn a_slow_reader_leaves_bytes_waiting_in_its_receive_queue() {
-    labtools::testlab::require_lab();
-    let _lock = labtools::testlab::lock_lab();
+    let _lock = labtools::testlab::take_lab();
     let args = [
         "--interfaces",
         "wan0",

@@ -4,8 +4,7 @@ use crate::support::*;
 
 #[test]
 fn xdp_and_tc_count_a_pings_packets_exactly() {
-    labtools::testlab::require_lab();
-    let _lock = labtools::testlab::lock_lab();
+    let _lock = labtools::testlab::take_lab();
     let obs = Observer::start(
         METAL1,
         &[

@@ -54,8 +54,7 @@ fn sightings(rec: &Recorded, layer: Layer) -> BTreeMap<u64, Vec<bool>> {
 
 #[test]
 fn bytes_sent_again_after_loss_are_flagged_as_retransmissions() {
-    labtools::testlab::require_lab();
-    let _lock = labtools::testlab::lock_lab();
+    let _lock = labtools::testlab::take_lab();
     ci_lab(&["loss", "wan", "3%"]);
     let _restore = NoLoss;
     let args = [

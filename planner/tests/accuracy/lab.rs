@@ -5,7 +5,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use labtools::relay::Dir;
-use labtools::testlab::{self, lab_inventory, lock_lab, ns_command, require_lab};
+use labtools::testlab::{self, lab_inventory, ns_command, take_lab};
 use labtools::{queuelog, txstamp};
 
 use crate::capture::Captures;
@@ -193,8 +193,7 @@ pub struct Lab {
 
 impl Lab {
     pub fn take() -> Lab {
-        require_lab();
-        let lock = lock_lab();
+        let lock = take_lab();
         let inv = lab_inventory();
         let t = latplan(&["teardown", inv.to_str().unwrap()]);
         assert!(t.status.success(), "initial teardown: {}", text(&t));

@@ -61,9 +61,8 @@ fn verdict<'a>(hosts: &'a serde_json::Map<String, Value>, host: &str, check: &st
 
 #[test]
 fn check_is_all_green_on_a_healthy_lab() {
-    testlab::require_lab();
+    let _lock = testlab::take_lab();
     require_observer();
-    let _lock = testlab::lock_lab();
     let (code, hosts, out) = check_json();
     let failing: Vec<_> = hosts.values().filter(|h| h["ok"] != true).collect();
     assert!(failing.is_empty(), "hosts failing on a healthy lab: {out}");
@@ -239,9 +238,8 @@ fn attach_foreign_xdp(obj: &Path) -> (String, String) {
 
 #[test]
 fn check_names_each_broken_host_and_still_reports_the_healthy_ones() {
-    testlab::require_lab();
+    let _lock = testlab::take_lab();
     require_observer();
-    let _lock = testlab::lock_lab();
     let tmp = tempfile::tempdir().unwrap();
     let obj = foreign_xdp_object(tmp.path());
     let mut b = Breakage {
@@ -322,9 +320,8 @@ fn check_names_each_broken_host_and_still_reports_the_healthy_ones() {
 
 #[test]
 fn a_session_without_dev_recv_is_not_failed_by_someone_elses_xdp_program() {
-    testlab::require_lab();
+    let _lock = testlab::take_lab();
     require_observer();
-    let _lock = testlab::lock_lab();
     let tmp = tempfile::tempdir().unwrap();
     let obj = foreign_xdp_object(tmp.path());
     // The lab inventory, recording every layer but dev_recv (the one XDP carries).

@@ -13,8 +13,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn one_connection_runs_many_commands_and_moves_files_atomically() {
-    testlab::require_lab();
-    let _lock = testlab::lock_lab();
+    let _lock = testlab::take_lab();
     let inv = load(&testlab::lab_inventory()).unwrap();
     let host = &inv.hosts["vm1"];
     let ctl = tempfile::tempdir().unwrap();
@@ -62,8 +61,7 @@ fn one_connection_runs_many_commands_and_moves_files_atomically() {
 
 #[test]
 fn unknown_host_keys_are_refused_unless_accepted() {
-    testlab::require_lab();
-    let _lock = testlab::lock_lab();
+    let _lock = testlab::take_lab();
     let mut inv = load(&testlab::lab_inventory()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let empty = tmp.path().join("known_hosts");

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use labtools::testlab::{self, lab_inventory, lock_lab, ns_command, require_lab};
+use labtools::testlab::{self, lab_inventory, ns_command, take_lab};
 
 mod clocks;
 mod layers;
@@ -142,8 +142,7 @@ pub struct Fresh {
 impl Fresh {
     /// Takes the lab (lock), tears down what a previous run left, and makes a fresh store.
     pub fn take() -> Fresh {
-        require_lab();
-        let lab = lock_lab();
+        let lab = take_lab();
         let inv = lab_inventory().to_str().unwrap().to_string();
         let t = latplan(&["teardown", &inv]);
         assert!(t.status.success(), "initial teardown: {}", text(&t));

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use labtools::testlab::{LabLock, artifacts_dir, lock_lab, require_lab, workspace_root};
+use labtools::testlab::{LabLock, artifacts_dir, take_lab, workspace_root};
 use timesync::output::{FitLine, Line, Ready, parse_line};
 
 /// The lab, up and ours for the test.
@@ -15,8 +15,7 @@ pub fn lab() -> LabLock {
         0,
         "timesync lab tests need root"
     );
-    require_lab();
-    lock_lab()
+    take_lab()
 }
 
 pub fn bin() -> PathBuf {

@@ -6,9 +6,10 @@
 #   2. 64-byte UDP flood pps (metal1 -> ct1) with every packet recorded (--sample-udp) vs none,
 #      with the observer's CPU % and records drained per second;
 #   3. the kernel time of each observer program (kernel.bpf_stats_enabled) during a TCP bulk
-#      round: runs/s, ns per run and share of one core. Unlike throughput this does not depend on
-#      how busy the machine is, so it compares builds reliably (OBS_BASELINE=path/to/observer
-#      adds a column for another build, measured in the same run);
+#      round: runs/s, ns per run and share of one core, summed over the observers of the path
+#      (COST_PATH: veth, the default, one observer; bridge, one in each metal). Unlike throughput
+#      this does not depend on how busy the machine is, so it compares builds reliably
+#      (OBS_BASELINE=path/to/observer adds a column for another build, measured in the same run);
 #   4. start-up: how long the kernel takes to load (verify) each program (`strace -T` of every
 #      BPF_PROG_LOAD), median of ROUNDS starts, with OBS_BASELINE alternating in the same run.
 # Rounds alternate with/without so machine noise hits both alike; medians are reported.
@@ -150,19 +151,28 @@ fi
 
 # Kernel time per program: bpf_stats counts every run of every program (ours filter most packets
 # out early), so this is what the observer costs the host, flow or not.
+# Two observers in one kernel (COST_PATH=bridge) load programs of the same names: a name's line
+# sums both, as the flow pays both.
 prog_costs() { # OBSERVER -> "name runs_per_s ns_per_run" lines
   local obs=$1 old; old=$(sysctl -n kernel.bpf_stats_enabled)
   sysctl -qw kernel.bpf_stats_enabled=1
-  OBS=$obs start_obs lp-metal1 k --interfaces veth-ct1 --containers lp-ct1 --ports 5201
-  local pid; pid=$(cat "$TMP/k.pid")
+  case ${COST_PATH:-veth} in
+    veth) OBS=$obs start_obs lp-metal1 k --interfaces veth-ct1 --containers lp-ct1 --ports 5201
+          set -- lp-metal1 lp-ct1 10.77.1.6 ;;
+    bridge) OBS=$obs start_obs lp-metal1 k --interfaces mgmt0 --ports 5201
+            OBS=$obs start_obs lp-metal2 k2 --interfaces mgmt0 --ports 5201
+            set -- lp-metal1 lp-metal2 10.77.0.12 ;;
+    *) echo "COST_PATH must be veth or bridge" >&2; exit 1 ;;
+  esac
   local t0; t0=$(date +%s%N)
-  tcp_round lp-metal1 lp-ct1 10.77.1.6 >/dev/null
+  tcp_round "$@" >/dev/null
   local secs; secs=$(( ($(date +%s%N) - t0) / 1000000 ))
-  bpftool prog show -j | jq -r --argjson ms "$secs" '.[] | select(.name|startswith("lp_")) | select((.run_cnt // 0) > 0)
-    | "\(.name) \(.run_cnt * 1000 / $ms | floor) \(.run_time_ns / .run_cnt | floor)"' | sort
+  bpftool prog show -j | jq -r --argjson ms "$secs" '[.[] | select(.name|startswith("lp_")) | select((.run_cnt // 0) > 0)]
+    | group_by(.name)[] | {name: .[0].name, runs: (map(.run_cnt) | add), ns: (map(.run_time_ns) | add)}
+    | "\(.name) \(.runs * 1000 / $ms | floor) \(.ns / .runs | floor)"' | sort
   stop_obs k
+  [ "${COST_PATH:-veth}" = veth ] || stop_obs k2
   sysctl -qw kernel.bpf_stats_enabled="$old"
-  [ -n "$pid" ]
 }
 # Start-up: the kernel's verifier time per program, from `strace -T` around each BPF_PROG_LOAD
 # (the observer itself does little else before it attaches). One start per build per round.

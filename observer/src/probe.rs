@@ -44,6 +44,9 @@ pub struct IfaceProbe {
     pub tc_egress: Check,
     /// TCX ingress: the alternative dev_recv hook (`xdp_mode: "tc"`).
     pub tc_ingress: Check,
+    /// What dev_recv attaches to with `xdp_mode: "auto"`, the mode sessions use: its `hook` is
+    /// the mode it got (`xdp-native`, `xdp-generic` or `tc`), as `run` would choose it here.
+    pub dev_recv: Check,
     /// Programs of others already attached to the interface (XDP, TCX ingress/egress).
     pub foreign: Vec<Foreign>,
 }
@@ -130,6 +133,7 @@ pub fn probe(interfaces: &[String]) -> Probe {
                 ip.xdp_generic = missing("xdp generic");
                 ip.tc_egress = missing("tcx egress");
                 ip.tc_ingress = missing("tcx ingress");
+                ip.dev_recv = missing("auto");
                 p.interfaces.insert(name.clone(), ip);
                 continue;
             }
@@ -151,13 +155,23 @@ pub fn probe(interfaces: &[String]) -> Probe {
             loader::load(&btf, &settings())
                 .and_then(|mut e| loader::attach_ingress(&mut e, name, "tc").map(|_| ())),
         );
+        ip.dev_recv = match loader::load(&btf, &settings())
+            .and_then(|mut e| loader::attach_ingress(&mut e, name, "auto"))
+        {
+            Ok(mode) => Check {
+                ok: true,
+                hook: mode,
+                error: None,
+            },
+            Err(e) => check("auto", Err(e)),
+        };
         p.interfaces.insert(name.clone(), ip);
     }
     p.ok = p.btf_error.is_none()
         && p.layers.values().all(|c| c.ok)
         && p.interfaces
             .values()
-            .all(|i| i.exists && (i.xdp_native.ok || i.xdp_generic.ok) && i.tc_egress.ok);
+            .all(|i| i.exists && i.dev_recv.ok && i.tc_egress.ok);
     p
 }
 

@@ -349,11 +349,18 @@ fn judge_probe(
             }
         }
     }
-    // Someone else's XDP program only stands in the way of dev_recv, which attaches there.
+    // Someone else's XDP program stands in the way only of dev_recv, and only where dev_recv
+    // cannot attach beside it: the observer's `auto` mode moves to TC ingress when XDP is taken
+    // (an observer too old to say so is taken to need XDP).
     let records_recv = sampling.records(Layer::DevRecv.name());
+    let recv_attaches = |iface: &str| {
+        matches!(&ev.probe, Some(Ok(p)) if p.interfaces.get(iface)
+            .and_then(|i| i.dev_recv.as_ref())
+            .is_some_and(|c| c.ok))
+    };
     let xdp_foreign: Vec<_> = foreign
         .iter()
-        .filter(|f| records_recv && f.1.starts_with("xdp"))
+        .filter(|f| records_recv && f.1.starts_with("xdp") && !recv_attaches(&f.0))
         .collect();
     if facts.is_some() || matches!(ev.probe, Some(Ok(_))) {
         c.insert(
@@ -367,7 +374,7 @@ fn judge_probe(
                 Verdict::fail(
                     xdp_foreign.iter().map(|f| f.0.as_str()).collect::<Vec<_>>().join(","),
                     format!("someone else's XDP program is attached: {list}; latplan never replaces or detaches programs it did not load"),
-                    format!("detach it if it is not needed (`ip link set dev {} {} off`), remove {} from `interfaces:` of {}, or leave dev_recv (the layer that needs XDP) out of `sampling.layers`", first.0, if first.1 == "xdpdrv" { "xdpdrv" } else { first.1.as_str() }, first.0, host.name),
+                    format!("detach it if it is not needed (`ip link set dev {} {} off`), remove {} from `interfaces:` of {}, or leave dev_recv out of `sampling.layers`", first.0, if first.1 == "xdpdrv" { "xdpdrv" } else { first.1.as_str() }, first.0, host.name),
                 )
             },
         );
@@ -418,10 +425,16 @@ fn judge_probe(
         }
         match probe.interfaces.get(i) {
             Some(ip) if ip.exists => {
-                if ip.xdp_native.ok {
-                    xdp_modes.push("native");
-                } else if ip.xdp_generic.ok {
-                    xdp_modes.push("generic");
+                // The observer's own answer when it gives one, else the first XDP mode that works.
+                let mode = match &ip.dev_recv {
+                    Some(r) if r.ok => Some(r.hook.trim_start_matches("xdp-")),
+                    Some(_) => None,
+                    None if ip.xdp_native.ok => Some("native"),
+                    None if ip.xdp_generic.ok => Some("generic"),
+                    None => None,
+                };
+                if let Some(m) = mode {
+                    xdp_modes.push(m);
                 } else if let Some(f) = xdp_foreign.iter().find(|f| f.0 == *i) {
                     xdp_bad.push(format!(
                         "{i}: held by someone else's program `{}` (see `foreign`)",
@@ -429,9 +442,10 @@ fn judge_probe(
                     ));
                 } else {
                     let e = ip
-                        .xdp_generic
-                        .error
-                        .clone()
+                        .dev_recv
+                        .as_ref()
+                        .and_then(|r| r.error.clone())
+                        .or_else(|| ip.xdp_generic.error.clone())
                         .or_else(|| ip.xdp_native.error.clone());
                     xdp_bad.push(format!(
                         "{i}: {}",
@@ -459,17 +473,11 @@ fn judge_probe(
         if !records_recv {
             not_recorded(Layer::DevRecv)
         } else if xdp_bad.is_empty() {
-            let native = xdp_modes.iter().filter(|m| **m == "native").count();
-            Verdict::pass(match (native, xdp_modes.len()) {
-                (_, 0) => "no interfaces".to_string(),
-                (n, t) if n == t => "native".to_string(),
-                (0, _) => "generic".to_string(),
-                (n, t) => format!("native {n}/{t}, rest generic"),
-            })
+            Verdict::pass(mode_summary(&xdp_modes))
         } else {
             Verdict::fail(
                 format!("{} failed", xdp_bad.len()),
-                format!("XDP cannot attach: {}", xdp_bad.join("; ")),
+                format!("dev_recv cannot attach: {}", xdp_bad.join("; ")),
                 "free the interface (another XDP program?) or remove it from `interfaces:`",
             )
         },
@@ -511,6 +519,27 @@ fn judge_probe(
             Verdict::fail(format!("{ok}/{}", wanted.len()), format!("layers without a working hook: {}", bad.join("; ")), "those layers will be missing from the report; a kernel with BTF and these tracepoints provides them, or leave them out of `sampling.layers`")
         },
     );
+}
+
+/// The dev_recv modes of a host's interfaces in a few words: `native` when all are, else each
+/// mode with its count (`native 1, tc 3`), in the order first seen.
+fn mode_summary(modes: &[&str]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for m in modes {
+        match counts.iter_mut().find(|(k, _)| k == m) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((m, 1)),
+        }
+    }
+    match counts.as_slice() {
+        [] => "no interfaces".to_string(),
+        [(m, _)] => m.to_string(),
+        _ => counts
+            .iter()
+            .map(|(m, n)| format!("{m} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 /// A check of a hook the session's `sampling.layers` leaves out: nothing will attach there.

@@ -38,6 +38,9 @@ pub struct IfaceProbe {
     pub xdp_native: Check,
     pub xdp_generic: Check,
     pub tc_egress: Check,
+    /// Where dev_recv attaches in the sessions' `auto` mode (`hook`: `xdp-native`, `xdp-generic`
+    /// or `tc`); `None` from an observer that predates it.
+    pub dev_recv: Option<Check>,
     pub foreign: Vec<Foreign>,
 }
 

@@ -53,6 +53,7 @@ fn probe() -> ProbeReport {
         xdp_native: ok("xdp native"),
         xdp_generic: ok("xdp generic"),
         tc_egress: ok("tcx egress"),
+        dev_recv: None,
         foreign: vec![],
     };
     ProbeReport {
@@ -263,6 +264,50 @@ fn only_the_layers_the_session_records_are_judged() {
     assert_eq!(r.checks["tc"].status, Status::Skip);
     assert_eq!(r.checks["hooks"].status, Status::Skip);
     assert_eq!(r.checks["hooks"].detail, "unused");
+}
+
+#[test]
+fn someone_elses_xdp_program_coexists_where_dev_recv_attaches_beside_it() {
+    let inv = inv();
+    let mut ev = broken_evidence();
+    let Some(Ok(p)) = &mut ev.probe else {
+        unreachable!()
+    };
+    let attached = |hook: &str| Check {
+        ok: true,
+        hook: hook.into(),
+        error: None,
+    };
+    // eth0 is held by the foreign program: the observer's auto mode moved to TC ingress.
+    p.interfaces.get_mut("eth0").unwrap().dev_recv = Some(attached("tc"));
+    p.interfaces.get_mut("tap0").unwrap().dev_recv = Some(attached("xdp-native"));
+    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &inv.session.sampling, &ev);
+    assert_eq!(r.checks["foreign"].status, Status::Pass, "{r:#?}");
+    assert_eq!(r.checks["foreign"].detail, "1 (coexisting)");
+    assert_eq!(r.checks["xdp"].status, Status::Pass);
+    assert_eq!(r.checks["xdp"].detail, "tc 1, native 1");
+
+    // Where dev_recv cannot attach at all, the foreign program is named as the reason.
+    let Some(Ok(p)) = &mut ev.probe else {
+        unreachable!()
+    };
+    p.interfaces.get_mut("eth0").unwrap().dev_recv = Some(Check {
+        ok: false,
+        hook: "auto".into(),
+        error: Some("Device or resource busy".into()),
+    });
+    let r = judge_kernel_host(&inv.hosts["m1"], &ifaces(), &inv.session.sampling, &ev);
+    assert_eq!(r.checks["foreign"].status, Status::Fail);
+    assert_eq!(r.checks["xdp"].status, Status::Fail);
+    assert!(
+        r.checks["xdp"]
+            .reason
+            .as_ref()
+            .unwrap()
+            .contains("held by someone else's program `foreign_xdp`"),
+        "{:?}",
+        r.checks["xdp"]
+    );
 }
 
 #[test]

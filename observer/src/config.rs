@@ -6,6 +6,9 @@ use latplan_common::kernel::MAX_PORTS;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// The ways dev_recv can attach (`xdp_mode`), as `loader::attach_ingress` takes them.
+pub const XDP_MODES: [&str; 4] = ["auto", "native", "generic", "tc"];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -115,10 +118,11 @@ impl Config {
         if self.sampling.size == 0 {
             bail!("sampling.size must be at least 1");
         }
-        if !["auto", "native", "generic"].contains(&self.xdp_mode.as_str()) {
+        if !XDP_MODES.contains(&self.xdp_mode.as_str()) {
             bail!(
-                "xdp_mode {:?} is not one of auto, native, generic",
-                self.xdp_mode
+                "xdp_mode {:?} is not one of {}",
+                self.xdp_mode,
+                XDP_MODES.join(", ")
             );
         }
         if !["stdout", "redis"].contains(&self.sink.as_str()) {
@@ -186,6 +190,11 @@ mod tests {
         c.sampling.ports.clear();
         c.xdp_mode = "fast".into();
         assert!(c.validate().is_err());
+        // Every documented mode is accepted ("tc" once was not).
+        for mode in ["auto", "native", "generic", "tc"] {
+            c.xdp_mode = mode.into();
+            c.validate().unwrap();
+        }
     }
 
     #[test]

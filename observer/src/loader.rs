@@ -166,9 +166,10 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
 /// path, which costs far more throughput than the program (measured in BENCHMARKS.md), and
 /// generic XDP linearises GRO super-packets; TCX ingress sees the same bytes a few hundred
 /// nanoseconds later at no such cost.
+///
+/// `probe::auto_ingress` reports this choice from the probe's attach tests; keep the two alike.
 pub fn attach_ingress(ebpf: &mut Ebpf, iface: &str, mode: &str) -> Result<String> {
-    let virtual_dev = !std::path::Path::new(&format!("/sys/class/net/{iface}/device")).exists();
-    if mode == "tc" || (mode == "auto" && virtual_dev) {
+    if mode == "tc" || (mode == "auto" && is_virtual(iface)) {
         attach_tc(ebpf, iface, "lp_tc_dev_recv", TcAttachType::Ingress)?;
         return Ok("tc".into());
     }
@@ -203,11 +204,20 @@ pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: &str) -> Result<String> {
     }
 }
 
+/// Whether `iface` is a virtual device (veth, tap, bridge, …): sysfs gives it no `device`.
+pub fn is_virtual(iface: &str) -> bool {
+    !std::path::Path::new(&format!("/sys/class/net/{iface}/device")).exists()
+}
+
 /// Whether an XDP attach failed because another program holds the interface: EBUSY when that one
 /// was attached through netlink, EEXIST when through a BPF link (as timesync's reflector does on a
 /// real NIC, e.g. a guest's virtio-net, where "auto" tries XDP first).
 fn is_busy(e: &aya::programs::ProgramError) -> bool {
-    let text = format!("{e:?}");
+    mentions_busy(&format!("{e:?}"))
+}
+
+/// Whether an error's text is one of `is_busy`'s.
+pub fn mentions_busy(text: &str) -> bool {
     [
         "Resource busy",
         "EBUSY",

@@ -28,7 +28,7 @@ pub struct Probe {
     pub ok: bool,
 }
 
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct Check {
     pub ok: bool,
     pub hook: String,
@@ -70,6 +70,42 @@ fn settings() -> KernelSettings {
         },
         netns: vec![],
         interfaces: vec![],
+    }
+}
+
+/// What `xdp_mode: "auto"` attaches dev_recv to on an interface, decided from the attach tests
+/// already made, as `loader::attach_ingress` decides it: TCX ingress on a virtual device, else
+/// native XDP, else generic, else TCX ingress where someone else's program holds XDP. Decided,
+/// not attached again: on some NIC drivers every native XDP attach and detach restarts the
+/// device's queues (docs/observer.md), and the probe's own test is one too many already.
+fn auto_ingress(virtual_dev: bool, ip: &IfaceProbe) -> Check {
+    let tc = || Check {
+        hook: "tc".into(),
+        ..ip.tc_ingress.clone()
+    };
+    let xdp = |mode: &str| Check {
+        ok: true,
+        hook: format!("xdp-{mode}"),
+        error: None,
+    };
+    if virtual_dev {
+        tc()
+    } else if ip.xdp_native.ok {
+        xdp("native")
+    } else if ip.xdp_generic.ok {
+        xdp("generic")
+    } else if ip
+        .xdp_generic
+        .error
+        .as_deref()
+        .is_some_and(loader::mentions_busy)
+    {
+        tc()
+    } else {
+        Check {
+            hook: "auto".into(),
+            ..ip.xdp_generic.clone()
+        }
     }
 }
 
@@ -155,16 +191,7 @@ pub fn probe(interfaces: &[String]) -> Probe {
             loader::load(&btf, &settings())
                 .and_then(|mut e| loader::attach_ingress(&mut e, name, "tc").map(|_| ())),
         );
-        ip.dev_recv = match loader::load(&btf, &settings())
-            .and_then(|mut e| loader::attach_ingress(&mut e, name, "auto"))
-        {
-            Ok(mode) => Check {
-                ok: true,
-                hook: mode,
-                error: None,
-            },
-            Err(e) => check("auto", Err(e)),
-        };
+        ip.dev_recv = auto_ingress(loader::is_virtual(name), &ip);
         p.interfaces.insert(name.clone(), ip);
     }
     p.ok = p.btf_error.is_none()
@@ -205,4 +232,64 @@ fn foreign(iface: &str) -> Vec<Foreign> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(ok: bool, error: &str) -> Check {
+        Check {
+            ok,
+            hook: String::new(),
+            error: (!ok).then(|| error.to_string()),
+        }
+    }
+
+    fn iface(native: Check, generic: Check, tc_ingress: Check) -> IfaceProbe {
+        IfaceProbe {
+            exists: true,
+            xdp_native: native,
+            xdp_generic: generic,
+            tc_ingress,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn auto_ingress_chooses_as_the_loader_does() {
+        let ok = || result(true, "");
+        let unsupported = || result(false, "Operation not supported (os error 95)");
+        let busy = || {
+            result(
+                false,
+                "failed to attach generic XDP: File exists (os error 17)",
+            )
+        };
+        let hook = |v: bool, ip: &IfaceProbe| {
+            let c = auto_ingress(v, ip);
+            (c.ok, c.hook)
+        };
+        // A virtual device: TCX ingress, whatever XDP would do.
+        assert_eq!(hook(true, &iface(ok(), ok(), ok())), (true, "tc".into()));
+        // A NIC: native first, then generic.
+        assert_eq!(
+            hook(false, &iface(ok(), ok(), ok())),
+            (true, "xdp-native".into())
+        );
+        assert_eq!(
+            hook(false, &iface(unsupported(), ok(), ok())),
+            (true, "xdp-generic".into())
+        );
+        // Someone else's program holds XDP: TCX ingress beside it.
+        assert_eq!(
+            hook(false, &iface(busy(), busy(), ok())),
+            (true, "tc".into())
+        );
+        // Held, and TCX refused too; or XDP refused for another reason: no hook, with the reason.
+        let c = auto_ingress(false, &iface(busy(), busy(), unsupported()));
+        assert!(!c.ok && c.error.unwrap().contains("not supported"));
+        let c = auto_ingress(false, &iface(unsupported(), unsupported(), ok()));
+        assert!(!c.ok && c.error.unwrap().contains("not supported"));
+    }
 }

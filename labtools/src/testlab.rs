@@ -43,6 +43,24 @@ pub fn lab_inventory() -> PathBuf {
     workspace_root().join("inventory/lab")
 }
 
+/// A copy of the lab inventory whose `group_vars/all.yaml` sets `session.sampling` keys
+/// (`sampling_yaml`: their lines, e.g. `xdp_mode: generic`); removed when dropped.
+pub fn lab_inventory_with_sampling(sampling_yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary inventory directory");
+    std::fs::copy(
+        lab_inventory().join("hosts.yaml"),
+        dir.path().join("hosts.yaml"),
+    )
+    .expect("copy the lab's hosts.yaml");
+    std::fs::create_dir(dir.path().join("group_vars")).expect("create group_vars");
+    std::fs::write(
+        dir.path().join("group_vars/all.yaml"),
+        format!("session:\n  sampling:\n    {sampling_yaml}\n"),
+    )
+    .expect("write group_vars/all.yaml");
+    dir
+}
+
 /// The lab, up and ours for as long as the guard lives: the lock first, then the check. Checked
 /// without the lock, the lab can look down only because another test has broken it on purpose
 /// (a stopped sshd, a renamed link) and will put it back before it unlocks.

@@ -160,20 +160,29 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
 
 /// Attaches dev_recv to an interface in `mode` ("native"; "generic"; "tc" = TCX ingress;
 /// "auto" = TCX ingress on virtual devices, native XDP else, generic XDP as the fallback);
-/// returns the mode that worked.
+/// returns the mode that worked. Where another program holds the interface's XDP (one per
+/// interface, and we never replace it: someone else's, or a session's own clock reflector on
+/// the interface towards the manager), every mode observes at TCX ingress instead, where links
+/// coexist; the Hello frame says so.
 ///
 /// Why "auto" avoids XDP on virtual devices: native XDP on a veth moves the device onto its NAPI
 /// path, which costs far more throughput than the program (measured in BENCHMARKS.md), and
 /// generic XDP linearises GRO super-packets; TCX ingress sees the same bytes a few hundred
 /// nanoseconds later at no such cost.
 ///
-/// `probe::auto_ingress` reports this choice from the probe's attach tests; keep the two alike.
+/// `probe::ingress_in` reports this choice from the probe's attach tests; keep the two alike.
 pub fn attach_ingress(ebpf: &mut Ebpf, iface: &str, mode: &str) -> Result<String> {
     if mode == "tc" || (mode == "auto" && is_virtual(iface)) {
         attach_tc(ebpf, iface, "lp_tc_dev_recv", TcAttachType::Ingress)?;
         return Ok("tc".into());
     }
-    attach_xdp(ebpf, iface, mode)
+    match attach_xdp(ebpf, iface, mode) {
+        Err(e) if mentions_busy(&format!("{e:?}")) => {
+            attach_tc(ebpf, iface, "lp_tc_dev_recv", TcAttachType::Ingress)?;
+            Ok("tc".into())
+        }
+        attached => attached,
+    }
 }
 
 /// Attaches dev_recv (XDP) to an interface; returns the mode that worked.
@@ -194,12 +203,6 @@ pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: &str) -> Result<String> {
     }
     match prog.attach(iface, XdpMode::Skb) {
         Ok(_) => Ok("xdp-generic".into()),
-        // Another XDP program holds the interface (one per interface; we never replace it):
-        // observe at TC ingress instead, where links coexist.
-        Err(e) if mode == "auto" && is_busy(&e) => {
-            attach_tc(ebpf, iface, "lp_tc_dev_recv", TcAttachType::Ingress)?;
-            Ok("tc".into())
-        }
         Err(e) => Err(e).with_context(|| format!("failed to attach generic XDP to {iface}")),
     }
 }
@@ -209,14 +212,10 @@ pub fn is_virtual(iface: &str) -> bool {
     !std::path::Path::new(&format!("/sys/class/net/{iface}/device")).exists()
 }
 
-/// Whether an XDP attach failed because another program holds the interface: EBUSY when that one
-/// was attached through netlink, EEXIST when through a BPF link (as timesync's reflector does on a
-/// real NIC, e.g. a guest's virtio-net, where "auto" tries XDP first).
-fn is_busy(e: &aya::programs::ProgramError) -> bool {
-    mentions_busy(&format!("{e:?}"))
-}
-
-/// Whether an error's text is one of `is_busy`'s.
+/// Whether an XDP attach failed (by its error's text) because another program holds the
+/// interface: EBUSY when that one was attached through netlink, EEXIST when through a BPF link
+/// (as timesync's reflector does on a real NIC, e.g. a guest's virtio-net, where "auto" tries
+/// XDP first).
 pub fn mentions_busy(text: &str) -> bool {
     [
         "Resource busy",

@@ -25,6 +25,11 @@ enum Cmd {
         /// Interfaces to try the interface programs on.
         #[arg(long, value_delimiter = ',')]
         interfaces: Vec<String>,
+        /// The `xdp_mode` the session will run with: `dev_recv` reports where it attaches, and
+        /// with `generic` or `tc` native XDP is not tried at all (some NIC drivers restart their
+        /// queues for each native attach).
+        #[arg(long, default_value = "auto", value_parser = clap::builder::PossibleValuesParser::new(observer::config::XDP_MODES))]
+        xdp_mode: String,
         /// Print JSON (the default output is JSON as well; the flag is accepted for clarity).
         #[arg(long)]
         json: bool,
@@ -186,9 +191,10 @@ fn real_main() -> Result<()> {
         }
         Cmd::Probe {
             interfaces,
+            xdp_mode,
             json: _,
         } => {
-            let p = probe::probe(&interfaces);
+            let p = probe::probe(&interfaces, &xdp_mode);
             println!("{}", serde_json::to_string_pretty(&p)?);
             Ok(())
         }

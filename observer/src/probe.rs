@@ -73,39 +73,44 @@ fn settings() -> KernelSettings {
     }
 }
 
-/// What `xdp_mode: "auto"` attaches dev_recv to on an interface, decided from the attach tests
-/// already made, as `loader::attach_ingress` decides it: TCX ingress on a virtual device, else
-/// native XDP, else generic, else TCX ingress where someone else's program holds XDP. Decided,
-/// not attached again: on some NIC drivers every native XDP attach and detach restarts the
-/// device's queues (docs/observer.md), and the probe's own test is one too many already.
-fn auto_ingress(virtual_dev: bool, ip: &IfaceProbe) -> Check {
+/// What dev_recv attaches to on an interface with `xdp_mode`, decided from the attach tests
+/// already made, as `loader::attach_ingress` decides it. `auto`: TCX ingress on a virtual device,
+/// else native XDP, else generic; `native`, `generic`: that hook; `tc`: TCX ingress; and TCX
+/// ingress wherever another program holds the interface's XDP. Decided, not attached again: on some NIC drivers every
+/// native XDP attach and detach restarts the device's queues (docs/observer.md), and the
+/// probe's own test is one too many already.
+fn ingress_in(xdp_mode: &str, virtual_dev: bool, ip: &IfaceProbe) -> Check {
     let tc = || Check {
         hook: "tc".into(),
         ..ip.tc_ingress.clone()
     };
-    let xdp = |mode: &str| Check {
-        ok: true,
+    let xdp = |mode: &str, test: &Check| Check {
         hook: format!("xdp-{mode}"),
-        error: None,
+        ..test.clone()
     };
-    if virtual_dev {
-        tc()
-    } else if ip.xdp_native.ok {
-        xdp("native")
-    } else if ip.xdp_generic.ok {
-        xdp("generic")
-    } else if ip
-        .xdp_generic
-        .error
-        .as_deref()
-        .is_some_and(loader::mentions_busy)
-    {
-        tc()
-    } else {
-        Check {
+    let held = |test: &Check| test.error.as_deref().is_some_and(loader::mentions_busy);
+    match xdp_mode {
+        "tc" => tc(),
+        "native" | "generic" => {
+            let test = if xdp_mode == "native" {
+                &ip.xdp_native
+            } else {
+                &ip.xdp_generic
+            };
+            if held(test) {
+                tc()
+            } else {
+                xdp(xdp_mode, test)
+            }
+        }
+        _ if virtual_dev => tc(),
+        _ if ip.xdp_native.ok => xdp("native", &ip.xdp_native),
+        _ if ip.xdp_generic.ok => xdp("generic", &ip.xdp_generic),
+        _ if held(&ip.xdp_generic) => tc(),
+        _ => Check {
             hook: "auto".into(),
             ..ip.xdp_generic.clone()
-        }
+        },
     }
 }
 
@@ -117,7 +122,7 @@ fn check(hook: &str, r: Result<()>) -> Check {
     }
 }
 
-pub fn probe(interfaces: &[String]) -> Probe {
+pub fn probe(interfaces: &[String], xdp_mode: &str) -> Probe {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().into())
         .unwrap_or_default();
@@ -179,7 +184,15 @@ pub fn probe(interfaces: &[String]) -> Probe {
             let mut e = loader::load(&btf, &settings())?;
             loader::attach_xdp(&mut e, name, mode).map(|_| ())
         };
-        ip.xdp_native = check("xdp native", attach("native"));
+        ip.xdp_native = if ["generic", "tc"].contains(&xdp_mode) {
+            Check {
+                ok: false,
+                hook: "xdp native".into(),
+                error: Some(format!("not tried (xdp_mode {xdp_mode})")),
+            }
+        } else {
+            check("xdp native", attach("native"))
+        };
         ip.xdp_generic = check("xdp generic", attach("generic"));
         ip.tc_egress = check(
             "tcx egress",
@@ -191,7 +204,7 @@ pub fn probe(interfaces: &[String]) -> Probe {
             loader::load(&btf, &settings())
                 .and_then(|mut e| loader::attach_ingress(&mut e, name, "tc").map(|_| ())),
         );
-        ip.dev_recv = auto_ingress(loader::is_virtual(name), &ip);
+        ip.dev_recv = ingress_in(xdp_mode, loader::is_virtual(name), &ip);
         p.interfaces.insert(name.clone(), ip);
     }
     p.ok = p.btf_error.is_none()
@@ -257,7 +270,7 @@ mod tests {
     }
 
     #[test]
-    fn auto_ingress_chooses_as_the_loader_does() {
+    fn auto_chooses_as_the_loader_does() {
         let ok = || result(true, "");
         let unsupported = || result(false, "Operation not supported (os error 95)");
         let busy = || {
@@ -267,7 +280,7 @@ mod tests {
             )
         };
         let hook = |v: bool, ip: &IfaceProbe| {
-            let c = auto_ingress(v, ip);
+            let c = ingress_in("auto", v, ip);
             (c.ok, c.hook)
         };
         // A virtual device: TCX ingress, whatever XDP would do.
@@ -287,9 +300,34 @@ mod tests {
             (true, "tc".into())
         );
         // Held, and TCX refused too; or XDP refused for another reason: no hook, with the reason.
-        let c = auto_ingress(false, &iface(busy(), busy(), unsupported()));
+        let c = ingress_in("auto", false, &iface(busy(), busy(), unsupported()));
         assert!(!c.ok && c.error.unwrap().contains("not supported"));
-        let c = auto_ingress(false, &iface(unsupported(), unsupported(), ok()));
+        let c = ingress_in("auto", false, &iface(unsupported(), unsupported(), ok()));
         assert!(!c.ok && c.error.unwrap().contains("not supported"));
+    }
+
+    #[test]
+    fn a_forced_mode_reports_its_own_hook_or_its_failure() {
+        let ok = || result(true, "");
+        let refused = || result(false, "Operation not supported (os error 95)");
+        let ip = iface(refused(), ok(), ok());
+        for (mode, want) in [("tc", "tc"), ("generic", "xdp-generic")] {
+            let c = ingress_in(mode, false, &ip);
+            assert!(c.ok && c.hook == want, "{mode}: {c:?}");
+        }
+        // Forced native where native is refused: no fallback, the reason is kept.
+        let c = ingress_in("native", false, &ip);
+        assert!(!c.ok && c.hook == "xdp-native" && c.error.unwrap().contains("not supported"));
+        // On a virtual device too a forced mode is that mode.
+        assert_eq!(ingress_in("generic", true, &ip).hook, "xdp-generic");
+        // Held by another program: TCX ingress beside it, in a forced mode as in auto.
+        let busy = || {
+            result(
+                false,
+                "failed to attach generic XDP: Resource busy (os error 16)",
+            )
+        };
+        let c = ingress_in("generic", false, &iface(busy(), busy(), ok()));
+        assert!(c.ok && c.hook == "tc", "{c:?}");
     }
 }

@@ -27,7 +27,7 @@ use crate::executor::observe_redis::{self, RedisObservers};
 use crate::executor::{Outcome as HostOutcome, Recap};
 use crate::inventory::{Host, Inventory, Kind};
 use crate::session::state::{Resume, SessionDir};
-use crate::session::{self, Layout};
+use crate::session::{self, Layout, ReflectArgs};
 use crate::store::{HostRecord, Store};
 use crate::tasks::artifacts::{Artifact, Artifacts};
 use crate::transport::{Pool, Transport};
@@ -378,8 +378,11 @@ async fn run_session(
                     d,
                     manager,
                     &Layout::of(host),
-                    &token,
-                    port,
+                    &ReflectArgs {
+                        token: &token,
+                        port,
+                        mode: inv.session.sampling.reflector_mode(),
+                    },
                     host.become_root,
                 )
                 .await

@@ -213,7 +213,9 @@ async fn gather_one(
         }
     };
     bar.set_message(format!("{}: probing", h.name));
-    g.evidence.probe = Some(push_and_probe(t.as_ref(), h, &f, &containers, observer).await);
+    let xdp_mode = &inv.session.sampling.xdp_mode;
+    g.evidence.probe =
+        Some(push_and_probe(t.as_ref(), h, &f, &containers, observer, xdp_mode).await);
     for c in &containers {
         let ct = ContainerTransport::new(c.name.clone(), c.netns.clone(), t.clone());
         g.containers.insert(
@@ -241,6 +243,7 @@ async fn push_and_probe(
     f: &Facts,
     containers: &[&Host],
     observer: &Result<Artifact, String>,
+    xdp_mode: &str,
 ) -> Result<probe::ProbeReport, String> {
     let observer = observer.as_ref().map_err(Clone::clone)?;
     let dir = h
@@ -254,7 +257,7 @@ async fn push_and_probe(
             .map_err(|e| format!("failed to push the observer: {e}"))?;
     }
     let ifaces = facts::interfaces_for(h, containers);
-    probe::run(t, &dest, &ifaces, h.become_root)
+    probe::run(t, &dest, &ifaces, xdp_mode, h.become_root)
         .await
         .map_err(|e| e.to_string())
 }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-use crate::session::{Domain, Layout};
+use crate::session::{Domain, Layout, ReflectArgs};
 use crate::transport::{Cmd, Spawned, Transport};
 
 /// A reflector running on a domain's host; dropping `stdin` stops it.
@@ -70,11 +70,10 @@ pub async fn start_reflector(
     domain: &Domain,
     manager: &str,
     layout: &Layout,
-    token: &str,
-    port: u16,
+    args: &ReflectArgs<'_>,
     become_root: bool,
 ) -> anyhow::Result<Reflector> {
-    let cmd = Cmd::new(layout.reflector_command(manager, token, port)).become_root(become_root);
+    let cmd = Cmd::new(layout.reflector_command(manager, args)).become_root(become_root);
     let mut spawned = t.spawn(cmd).await?;
     let mut lines = BufReader::new(&mut spawned.stdout).lines();
     let ready = tokio::time::timeout(Duration::from_secs(15), async {

@@ -71,14 +71,20 @@ pub enum ProbeError {
     Parse(String),
 }
 
-/// Runs `INSTALL_DIR/bin/observer probe --interfaces a,b` (as root) and parses its report.
+/// Runs `INSTALL_DIR/bin/observer probe --xdp-mode M --interfaces a,b` (as root) and parses its
+/// report; `xdp_mode` is the session's (`sampling.xdp_mode`).
 pub async fn run(
     t: &dyn Transport,
     observer: &Path,
     interfaces: &[String],
+    xdp_mode: &str,
     become_root: bool,
 ) -> Result<ProbeReport, ProbeError> {
-    let mut script = format!("exec {} probe", quote(&observer.to_string_lossy()));
+    let mut script = format!(
+        "exec {} probe --xdp-mode {}",
+        quote(&observer.to_string_lossy()),
+        quote(xdp_mode)
+    );
     if !interfaces.is_empty() {
         script.push_str(&format!(" --interfaces {}", quote(&interfaces.join(","))));
     }

@@ -122,9 +122,21 @@ pub struct Sampling {
     /// The layers observers record, by name (empty = all): fewer layers, fewer program runs
     /// per packet (docs/design/overhead.md).
     pub layers: Vec<String>,
+    /// How dev_recv attaches: `auto` (TC ingress on virtual devices, native XDP on NICs), or
+    /// `native`, `generic`, `tc` everywhere. Reflectors follow it (`tc` → generic XDP).
+    pub xdp_mode: String,
 }
 
 impl Sampling {
+    /// The reflector's `timesync reflect --mode` for this session: its program is XDP in any
+    /// case, so `tc` (no native XDP wanted) becomes generic.
+    pub fn reflector_mode(&self) -> &str {
+        match self.xdp_mode.as_str() {
+            "tc" => "generic",
+            m => m,
+        }
+    }
+
     /// Whether observers record `layer` (a latplan-common `Layer` name).
     pub fn records(&self, layer: &str) -> bool {
         self.layers.is_empty() || self.layers.iter().any(|l| l == layer)

@@ -48,6 +48,7 @@ struct RawSampling {
     ports: Vec<Spanned<u16>>,
     interval: Spanned<String>,
     layers: Vec<Spanned<String>>,
+    xdp_mode: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -82,7 +83,7 @@ pub fn resolve_session(src: &mut Sources, layers: Vec<Node>) -> Result<Session> 
             check_keys(
                 src,
                 n,
-                &["size", "ports", "interval", "layers"],
+                &["size", "ports", "interval", "layers", "xdp_mode"],
                 "session.sampling",
                 |_| None,
             )?;
@@ -122,6 +123,15 @@ pub fn resolve_session(src: &mut Sources, layers: Vec<Node>) -> Result<Session> 
         .hint("use 0 (no limit) or a number with a unit: 500us, 10ms, 1s")
     })?;
     let layers = check_layers(src, &raw.sampling.layers)?;
+    let xdp_mode = raw.sampling.xdp_mode.as_str();
+    if !XDP_MODES.contains(&xdp_mode) {
+        return Err(src
+            .error(
+                raw.sampling.xdp_mode.span(),
+                format!("unknown xdp_mode `{xdp_mode}`"),
+            )
+            .hint(format!("use one of: {}", XDP_MODES.join(", "))));
+    }
     if *raw.timesync.rate_hz == 0 || *raw.timesync.rate_hz > 10_000 {
         return Err(src.error(
             raw.timesync.rate_hz.span(),
@@ -153,6 +163,7 @@ pub fn resolve_session(src: &mut Sources, layers: Vec<Node>) -> Result<Session> 
             ports: raw.sampling.ports.iter().map(|p| **p).collect(),
             interval_ns,
             layers,
+            xdp_mode: xdp_mode.to_string(),
         },
         timesync: Timesync {
             rate_hz: *raw.timesync.rate_hz,
@@ -174,6 +185,9 @@ pub fn resolve_session(src: &mut Sources, layers: Vec<Node>) -> Result<Session> 
             .transpose()?,
     })
 }
+
+/// How observers attach dev_recv (and reflectors their XDP program): the observer's `xdp_mode`.
+const XDP_MODES: [&str; 4] = ["auto", "native", "generic", "tc"];
 
 /// The layers to record, by name (DESIGN.md §6), each once, in the order written; empty = all.
 fn check_layers(src: &Sources, names: &[Spanned<String>]) -> Result<Vec<String>> {

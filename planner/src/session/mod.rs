@@ -16,6 +16,16 @@ pub const OBSERVER_LEASE_SECONDS: u64 = 15;
 /// How often the manager renews the lease.
 pub const HEARTBEAT_SECONDS: u64 = 2;
 
+/// What every reflector of a session is started with.
+#[derive(Debug, Clone, Copy)]
+pub struct ReflectArgs<'a> {
+    /// The session's probe token.
+    pub token: &'a str,
+    pub port: u16,
+    /// `timesync reflect --mode` (the inventory's `Sampling::reflector_mode`).
+    pub mode: &'a str,
+}
+
 /// Where our files live on one host. Everything is under `install_dir`, so teardown removes one
 /// directory; nothing is written elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,13 +93,13 @@ impl Layout {
     /// owned by the process, so a killed reflector leaves nothing attached. It answers on the
     /// interface the host routes `manager` (the manager's address toward it) through, found in the
     /// same command: one round trip per reflector.
-    pub fn reflector_command(&self, manager: &str, token: &str, port: u16) -> String {
+    pub fn reflector_command(&self, manager: &str, r: &ReflectArgs) -> String {
         format!(
             "mkdir -p {run}\n\
              r=$(ip -o route get {manager} 2>&1) || r=\"$r (exit $?)\"\n\
              case \"$r\" in *' dev '*) ;; *) echo \"no route back to the manager ({manager}): $r\" >&2; exit 1;; esac\n\
              iface=${{r#* dev }}; iface=${{iface%% *}}\n\
-             {bin} reflect --interface \"$iface\" --token {token} --port {port} </dev/null &\n\
+             {bin} reflect --interface \"$iface\" --token {token} --port {port} --mode {mode} </dev/null &\n\
              p=$!\n\
              echo $p > {pid}\n\
              cat >/dev/null\n\
@@ -99,7 +109,9 @@ impl Layout {
             run = quote_path(&self.run_dir()),
             bin = quote_path(&self.bin("timesync")),
             manager = quote(manager),
-            token = quote(token),
+            token = quote(r.token),
+            port = r.port,
+            mode = quote(r.mode),
             pid = quote_path(&self.pid_file("timesync")),
         )
     }
@@ -181,6 +193,7 @@ pub fn observer_config(inv: &Inventory, host: &Host) -> serde_json::Value {
             "min_interval_us": s.interval_ns / 1000,
         },
         "layers": s.layers,
+        "xdp_mode": s.xdp_mode,
         "lease_seconds": OBSERVER_LEASE_SECONDS,
         // Redis mode: the stream, heartbeat and lease keys and the account come on stdin.
         "sink": if inv.session.bus == "ssh" { "stdout" } else { "redis" },
@@ -312,7 +325,14 @@ mod tests {
         let start = |manager: &str| {
             std::process::Command::new("sh")
                 .arg("-c")
-                .arg(l.reflector_command(manager, "ab12", 31999))
+                .arg(l.reflector_command(
+                    manager,
+                    &ReflectArgs {
+                        token: "ab12",
+                        port: 31999,
+                        mode: "generic",
+                    },
+                ))
                 .env("PATH", format!("{}:/usr/bin:/bin", fake.display()))
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
@@ -332,7 +352,7 @@ mod tests {
         assert!(ok.wait().unwrap().success());
         assert_eq!(
             first.trim(),
-            "reflect --interface eth7 --token ab12 --port 31999"
+            "reflect --interface eth7 --token ab12 --port 31999 --mode generic"
         );
         let bad = start("10.9.9.9").wait_with_output().unwrap();
         assert!(!bad.status.success());

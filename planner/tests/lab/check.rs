@@ -327,22 +327,11 @@ fn a_session_without_dev_recv_leaves_its_hook_unjudged() {
     let _lock = testlab::take_lab();
     require_observer();
     // The lab inventory, recording every layer but dev_recv.
-    let tmp = tempfile::tempdir().unwrap();
-    let inv = tmp.path().join("inventory");
-    std::fs::create_dir_all(inv.join("group_vars")).unwrap();
-    std::fs::copy(
-        testlab::lab_inventory().join("hosts.yaml"),
-        inv.join("hosts.yaml"),
-    )
-    .unwrap();
-    std::fs::write(
-        inv.join("group_vars/all.yaml"),
-        "session:\n  sampling:\n    layers: [sock_send, tcp_send, ip_send, dev_send, dev_xmit, \
-         ip_recv, tcp_recv, sock_queue, sock_recv]\n",
-    )
-    .unwrap();
-
-    let (code, hosts, out) = check_json_of(inv.to_str().unwrap());
+    let inv = testlab::lab_inventory_with_sampling(
+        "layers: [sock_send, tcp_send, ip_send, dev_send, dev_xmit, ip_recv, tcp_recv, \
+         sock_queue, sock_recv]",
+    );
+    let (code, hosts, out) = check_json_of(inv.path().to_str().unwrap());
     assert_eq!(code, 0, "{out}");
     for h in ["metal1", "metal2", "vm1", "vm2"] {
         let v = verdict(&hosts, h, "xdp");
@@ -358,4 +347,40 @@ fn a_session_without_dev_recv_leaves_its_hook_unjudged() {
         assert_eq!(v["detail"], "8/8", "{h}: {v}");
         assert_eq!(verdict(&hosts, h, "tc")["status"], "pass", "{h}");
     }
+}
+
+#[test]
+fn check_reports_dev_recv_in_the_sessions_xdp_mode_and_skips_native_xdp_when_not_wanted() {
+    let _lock = testlab::take_lab();
+    require_observer();
+    let inv = testlab::lab_inventory_with_sampling("xdp_mode: generic");
+    let (code, hosts, out) = check_json_of(inv.path().to_str().unwrap());
+    assert_eq!(code, 0, "{out}");
+    for h in ["metal1", "metal2", "vm1", "vm2"] {
+        let v = verdict(&hosts, h, "xdp");
+        assert_eq!(v["status"], "pass", "{h}: {v}");
+        assert_eq!(v["detail"], "generic", "{h}: {v}");
+    }
+    // The probe did not try native XDP (it would on these veths with auto): ask it directly.
+    let probe = ns_run(
+        "lp-metal1",
+        &[
+            testlab::artifacts_dir()
+                .join("observer-ssh")
+                .to_str()
+                .unwrap(),
+            "probe",
+            "--xdp-mode",
+            "generic",
+            "--interfaces",
+            "mgmt0",
+        ],
+    );
+    let p: Value = serde_json::from_str(&probe).unwrap();
+    let native = &p["interfaces"]["mgmt0"]["xdp_native"];
+    assert!(
+        native["error"].as_str().unwrap().contains("not tried"),
+        "{native}"
+    );
+    assert_eq!(p["interfaces"]["mgmt0"]["dev_recv"]["hook"], "xdp-generic");
 }

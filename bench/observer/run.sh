@@ -65,6 +65,7 @@ tcp_round() { # SRC_NS DST_NS DST_IP -> bytes/s
   jq -r .bytes_per_sec "$TMP/recv.json"
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+mbps() { awk '{printf "%.0f ", $1/1e6}'; } # bytes/s per line -> MB/s on one line
 
 # One TCP round on PATH: none = no observer, else with the observers of that build.
 path_round() { # PATH none|OBSERVER -> bytes/s
@@ -109,7 +110,7 @@ for path in ${TCP_PATHS:-bridge veth wan bridge-1ms bridge-if}; do
     path_round $path none >>"$TMP/none"
     for i in "${!builds[@]}"; do path_round $path "${builds[$i]}" >>"$TMP/obs$i"; done
   done
-  echo "$path rounds, MB/s: none $(tr '\n' ' ' <"$TMP/none")$(for i in "${!builds[@]}"; do echo -n "| ${builds[$i]##*/} $(tr '\n' ' ' <"$TMP/obs$i")"; done)" >&2
+  echo "$path rounds, MB/s: none $(mbps <"$TMP/none")$(for i in "${!builds[@]}"; do echo -n " | ${builds[$i]##*/} $(mbps <"$TMP/obs$i")"; done)" >&2
   n=$(median <"$TMP/none")
   row=$(awk -v p="$path" -v r="$ROUNDS" -v n="$n" 'BEGIN { printf "| TCP bulk %s, MB/s (median of %s) | %.1f |", p, r, n/1e6 }')
   for i in "${!builds[@]}"; do
